@@ -1,0 +1,435 @@
+#!/usr/bin/env python3
+"""Check, compare and package Parameter Golf runs (subcommands: table,
+submission, folder, plot; see `python records.py -h`). A RUN is a training log
+(*.txt, *.log), a per-run submission.json, or a directory holding them.
+Bad input gives one line `error: <file>: <what>` on stderr and exit code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import re
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SIZE_LIMIT = 16_000_000  # challenge cap on script bytes + compressed model bytes
+SEED_KEYS = ("seed", "val_loss", "val_bpb", "bytes_total", "steps", "train_time_s", "eval_time_s")
+
+
+class RecordsError(Exception):
+    """A problem with the input; main() prints it as one line and exits 2."""
+
+
+@dataclass
+class Run:
+    source: Path
+    seed: int
+    val_loss: float
+    val_bpb: float
+    bytes_total: int | None = None
+    bytes_code: int | None = None
+    steps: int | None = None
+    train_time_s: float | None = None
+    eval_time_s: float | None = None
+    final: str = "json"  # which result the numbers come from: ttt, roundtrip or json
+    train_curve: list = field(default_factory=list)  # (step, seconds, train_loss)
+    val_curve: list = field(default_factory=list)  # (step, seconds, val_bpb)
+
+
+# --- Log parsing -------------------------------------------------------------
+# A log begins with the training script's own source code, so a line counts
+# only when the WHOLE line, from column 0, matches one of these patterns.
+# Source lines that merely mention "val_loss" (f-strings, comments) never do.
+
+def _num(name: str) -> str:
+    return rf"(?P<{name}>[-+]?(?:\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|nan|inf))"
+
+
+def _int(name: str) -> str:
+    return rf"(?P<{name}>\d+)"
+
+
+LINE_PATTERNS = {
+    "seed": rf"seed:{_int('seed')}",
+    "val": rf"step:{_int('step')}/\d+ val_loss:{_num('loss')} val_bpb:{_num('bpb')} "
+           rf"train_time:{_int('ms')}ms step_avg:{_num('avg')}ms",
+    "train": rf"step:{_int('step')}/\d+ train_loss:{_num('loss')} "
+             rf"train_time:{_int('ms')}ms step_avg:{_num('avg')}ms",
+    "stop": rf"stopping_early: \S+ train_time:{_int('ms')}ms step:{_int('step')}/\d+",
+    "artifact": rf"artifact bytes_code:{_int('code')} bytes_model:{_int('model')} "
+                rf"bytes_total:{_int('total')}",
+    "roundtrip": rf"final_int8_zstd_roundtrip_exact val_loss:{_num('loss')} "
+                 rf"val_bpb:{_num('bpb')} eval_time:{_int('eval_ms')}ms",
+    "ttt": rf"legal_ttt_exact val_loss:{_num('loss')} val_bpb:{_num('bpb')} "
+           rf"eval_time:{_int('eval_ms')}ms",
+}
+LINE_PATTERNS = {kind: re.compile(p) for kind, p in LINE_PATTERNS.items()}
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        raise RecordsError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def parse_log(path: Path) -> Run:
+    last: dict[str, dict] = {}  # last match of each kind
+    steps = train_ms = None
+    train_curve, val_curve = [], []
+    for line in _read_text(path).splitlines():
+        line = line.rstrip()
+        for kind, pattern in LINE_PATTERNS.items():
+            m = pattern.fullmatch(line)
+            if not m:
+                continue
+            g = m.groupdict()
+            last[kind] = g
+            if kind in ("val", "train", "stop"):
+                steps, train_ms = int(g["step"]), int(g["ms"])
+            if kind == "train":
+                train_curve.append((steps, train_ms / 1000, float(g["loss"])))
+            elif kind == "val":
+                val_curve.append((steps, train_ms / 1000, float(g["bpb"])))
+            break
+
+    missing = [what for absent, what in [
+        ("ttt" not in last and "roundtrip" not in last, "truncated: no final "
+         "'legal_ttt_exact' or 'final_int8_zstd_roundtrip_exact' result line"),
+        ("seed" not in last, "no 'seed:N' line"),
+        (steps is None, "no 'step:N/M ...' progress line"),
+        ("artifact" not in last, "no 'artifact bytes_code:... bytes_total:...' line")] if absent]
+    if missing:
+        raise RecordsError(f"{path}: " + "; ".join(missing))
+
+    final = "ttt" if "ttt" in last else "roundtrip"
+    eval_ms = sum(int(last[k]["eval_ms"]) for k in ("roundtrip", "ttt") if k in last)
+    art = last["artifact"]
+    return Run(source=path, seed=int(last["seed"]["seed"]),
+               val_loss=float(last[final]["loss"]), val_bpb=float(last[final]["bpb"]),
+               bytes_total=int(art["total"]), bytes_code=int(art["code"]),
+               steps=steps, train_time_s=train_ms / 1000, eval_time_s=eval_ms / 1000,
+               final=final, train_curve=train_curve, val_curve=val_curve)
+
+
+def parse_run_json(path: Path) -> Run:
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise RecordsError(f"{path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise RecordsError(f"{path}: expected a JSON object")
+    if "seed" not in data and "seeds" in data:
+        raise RecordsError(f"{path}: this is a combined submission.json; "
+                           "pass the per-run logs or per-run submission.json files")
+    missing = [k for k in ("val_loss", "val_bpb", "seed") if k not in data]
+    if missing:
+        raise RecordsError(f"{path}: missing key(s) {', '.join(missing)}")
+    fields = {k: data.get(k) for k in SEED_KEYS + ("bytes_code",)}
+    for key, value in fields.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise RecordsError(f"{path}: key {key} is not a number ({value!r})")
+    return Run(source=path, **fields)
+
+
+def load_runs(paths: list[str]) -> list[Run]:
+    """Parse every RUN argument. In a directory, logs win over submission.json
+    (they carry the curves); requirements*.txt is not a log."""
+    files: list[Path] = []
+    for arg in paths:
+        p = Path(arg)
+        if p.is_dir():
+            logs = sorted(f for f in p.iterdir() if f.is_file() and f.suffix in (".txt", ".log")
+                          and not f.name.startswith("requirements"))
+            if logs:
+                files += logs
+            elif (p / "submission.json").is_file():
+                files.append(p / "submission.json")
+            else:
+                raise RecordsError(f"{p}: no training log (*.txt, *.log) or submission.json")
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise RecordsError(f"{p}: no such file or directory")
+    runs = [parse_run_json(f) if f.suffix == ".json" else parse_log(f) for f in files]
+    for run in runs:  # a diverged run (nan) would silently poison the mean and the test
+        if not (math.isfinite(run.val_loss) and math.isfinite(run.val_bpb)):
+            raise RecordsError(f"{run.source}: final val_loss/val_bpb is not finite")
+    # A repeated seed would inflate n and fake significance, so refuse it.
+    by_seed: dict[int, Run] = {}
+    for run in runs:
+        if run.seed in by_seed:
+            raise RecordsError(f"{run.source}: seed {run.seed} already given by "
+                               f"{by_seed[run.seed].source}")
+        by_seed[run.seed] = run
+    return runs
+
+
+# --- Statistics --------------------------------------------------------------
+# Student-t tail via the regularized incomplete beta function, so that no
+# scipy is needed: P(T > |t|) = 0.5 * I_x(df/2, 1/2) with x = df / (df + t^2).
+
+def _beta_cf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 500):
+        for coef in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+                     -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
+            d = 1.0 + coef * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + coef / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            return h
+    raise ArithmeticError("incomplete beta continued fraction did not converge")
+
+
+def reg_inc_beta(a: float, b: float, x: float) -> float:
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
+                     + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _beta_cf(a, b, x) / a
+    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
+
+
+def t_sf(t: float, df: float) -> float:
+    """P(T > t) for Student's t with df degrees of freedom."""
+    if math.isinf(t):
+        return 0.0 if t > 0 else 1.0
+    tail = 0.5 * reg_inc_beta(df / 2.0, 0.5, df / (df + t * t))
+    return tail if t > 0 else 1.0 - tail
+
+
+def one_sided_test(losses: list[float], previous: float, margin: float):
+    """t-test of H1: mean(losses) < previous - margin. Returns (t, df, p)."""
+    n = len(losses)
+    gap = (previous - margin) - statistics.fmean(losses)
+    sd = statistics.stdev(losses)
+    if sd == 0.0:  # identical seeds: the gap alone decides
+        t = math.inf if gap > 0 else -math.inf
+    else:
+        t = gap / (sd / math.sqrt(n))
+    return t, n - 1, t_sf(t, n - 1)
+
+
+# --- Subcommands -------------------------------------------------------------
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _warn_size(runs: list[Run]) -> None:
+    for run in runs:
+        if run.bytes_total is not None and run.bytes_total > SIZE_LIMIT:
+            print(f"warning: {run.source}: bytes_total {run.bytes_total} exceeds "
+                  f"{SIZE_LIMIT}", file=sys.stderr)
+
+
+def table_text(runs: list[Run], previous=None, margin=0.005, alpha=0.01) -> str:
+    row = "{:>8} {:>11} {:>11} {:>11} {:>6} {:>8} {:>7}  {:<9} {}"
+    out = [row.format("seed", "val_loss", "val_bpb", "bytes_total", "steps",
+                      "train_s", "eval_s", "final", "source")]
+    for r in runs:
+        out.append(row.format(r.seed, f"{r.val_loss:.8f}", f"{r.val_bpb:.8f}",
+                              _fmt(r.bytes_total, "d"), _fmt(r.steps, "d"),
+                              _fmt(r.train_time_s, ".1f"), _fmt(r.eval_time_s, ".1f"),
+                              r.final, r.source))
+    losses, bpbs = [r.val_loss for r in runs], [r.val_bpb for r in runs]
+    sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else None)
+    out.append(row.format("mean", f"{statistics.fmean(losses):.8f}",
+                          f"{statistics.fmean(bpbs):.8f}", "", "", "", "", "", ""))
+    out.append(row.format("std", _fmt(sd(losses), ".8f"), _fmt(sd(bpbs), ".8f"),
+                          "", "", "", "", "", "(sample, n-1)"))
+    if len({r.final for r in runs}) > 1:
+        out.append("note: runs mix result kinds (ttt / roundtrip / json); check each is final")
+    if previous is None:
+        return "\n".join(out)
+    target = previous - margin
+    out.append(f"\none-sided t-test  H1: mean val_loss < {previous} - {margin} = {target:.8f}")
+    if len(runs) < 2:
+        out.append(f"cannot test: the t-test needs >= 2 seeds (have {len(runs)})")
+        return "\n".join(out)
+    t, df, p = one_sided_test(losses, previous, margin)
+    out.append(f"t = {t:.4f}  df = {df}  p = {p:.6g}")
+    if p < alpha:
+        out.append(f"verdict: SIGNIFICANT at alpha = {alpha} (p < {alpha}): "
+                   f"beats {previous} by more than {margin} nats")
+    else:
+        out.append(f"verdict: NOT significant at alpha = {alpha} (p >= {alpha})")
+    return "\n".join(out)
+
+
+def combined_submission(runs: list[Run], args, bytes_code=None) -> dict:
+    lacking = [str(r.source) for r in runs if r.bytes_total is None]
+    if lacking:
+        raise RecordsError(f"{lacking[0]}: no bytes_total, needed for a submission")
+    if bytes_code is None:
+        codes = [r.bytes_code for r in runs if r.bytes_code is not None]
+        bytes_code = max(codes) if codes else None
+    return {
+        "name": args.name, "author": args.author, "github_id": args.github_id,
+        "val_bpb": round(statistics.fmean(r.val_bpb for r in runs), 8),
+        "val_loss": round(statistics.fmean(r.val_loss for r in runs), 8),
+        "bytes_total": max(r.bytes_total for r in runs),
+        "bytes_code": bytes_code, "blurb": args.blurb,
+        "date": args.date or datetime.date.today().isoformat(),
+        "seeds": [{k: getattr(r, k) for k in SEED_KEYS} for r in runs],
+    }
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+def build_folder(runs: list[Run], args) -> Path:
+    out, script = Path(args.out), Path(args.script)
+    requirements = Path(args.requirements or script.parent / "requirements.txt")
+    not_logs = [str(r.source) for r in runs if r.final == "json"]
+    if not_logs:
+        raise RecordsError(f"{not_logs[0]}: a record folder needs each run's training log")
+    # check every input before writing anything, so a failure leaves no half folder
+    for given in (script, args.readme, args.requirements):
+        if given and not Path(given).is_file():
+            raise RecordsError(f"{given}: file not found")
+    code_bytes = script.stat().st_size
+    for r in runs:  # the logs must come from the script being submitted
+        if r.bytes_code is not None and r.bytes_code != code_bytes:
+            print(f"warning: {r.source}: logged bytes_code {r.bytes_code} != {script} "
+                  f"size {code_bytes}; is this the script that ran?", file=sys.stderr)
+    sub = combined_submission(runs, args, bytes_code=code_bytes)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(script, out / "train_gpt.py")
+    for r in runs:
+        shutil.copyfile(r.source, out / f"train_seed{r.seed}.log")
+    _write_json(out / "submission.json", sub)
+    if requirements.is_file():
+        shutil.copyfile(requirements, out / "requirements.txt")
+    else:
+        print(f"warning: no {requirements}; the folder has no requirements.txt", file=sys.stderr)
+    if args.readme:
+        shutil.copyfile(args.readme, out / "README.md")
+    else:
+        (out / "README.md").write_text(generated_readme(runs, sub), encoding="utf-8")
+    return out
+
+
+def generated_readme(runs: list[Run], sub: dict) -> str:
+    lines = [f"# {sub['name']}", "", f"By {sub['author']} (@{sub['github_id']}), {sub['date']}.",
+             "", sub["blurb"], "",
+             "| seed | val_loss | val_bpb | bytes_total | steps | train s | eval s |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        lines.append(f"| {r.seed} | {r.val_loss:.8f} | {r.val_bpb:.8f} | {r.bytes_total} "
+                     f"| {r.steps} | {r.train_time_s:.1f} | {r.eval_time_s:.1f} |")
+    spread = (f" ± {statistics.stdev(r.val_bpb for r in runs):.8f} (sample sd)"
+              if len(runs) > 1 else "")
+    lines += ["", f"Mean val_bpb {sub['val_bpb']:.8f}{spread}, mean val_loss "
+              f"{sub['val_loss']:.8f}, largest artifact {sub['bytes_total']} bytes.", ""]
+    return "\n".join(lines)
+
+
+def plot_runs(runs: list[Run], out: str) -> None:
+    try:  # imported here so that the other subcommands work without it
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RecordsError("plot: matplotlib is not installed (pip install matplotlib)") from None
+    for r in runs:
+        if not (r.train_curve or r.val_curve):
+            raise RecordsError(f"{r.source}: no training curve to plot (plot needs a log)")
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    panels = [("train_curve", "train loss"), ("val_curve", "val BPB")]
+    for row, (attr, ylabel) in enumerate(panels):
+        for col, (index, xlabel) in enumerate([(0, "step"), (1, "wall-clock train time (s)")]):
+            ax = axes[row][col]
+            for r in runs:
+                points = getattr(r, attr)
+                ax.plot([p[index] for p in points], [p[2] for p in points],
+                        marker="." if len(points) < 30 else None, label=f"seed {r.seed}")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(out, format="png", dpi=100)
+    plt.close(fig)
+
+
+# --- Command line ------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_runs(name, help_text):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("runs", nargs="+", metavar="RUN",
+                       help="training log, per-run submission.json, or a directory of them")
+        return p
+
+    def with_metadata(p):
+        for flag in ("--name", "--author", "--github-id", "--blurb"):
+            p.add_argument(flag, required=True)
+        p.add_argument("--date", help="YYYY-MM-DD (default: today)")
+
+    p = with_runs("table", "per-seed table, mean/sd, optional significance test")
+    p.add_argument("--previous-val-loss", type=float, help="val_loss of the record to beat")
+    p.add_argument("--margin", type=float, default=0.005, help="required gain in nats")
+    p.add_argument("--alpha", type=float, default=0.01, help="significance level")
+    p = with_runs("submission", "write the combined submission.json")
+    with_metadata(p)
+    p.add_argument("-o", "--output", required=True)
+    p = with_runs("folder", "assemble a record folder")
+    with_metadata(p)
+    p.add_argument("--out", required=True, help="record folder to create")
+    p.add_argument("--script", required=True, help="the training script (copied as train_gpt.py)")
+    p.add_argument("--readme", help="README.md to copy (default: a generated one)")
+    p.add_argument("--requirements", help="default: requirements.txt beside the script")
+    p = with_runs("plot", "loss curves against steps and wall-clock (PNG)")
+    p.add_argument("-o", "--output", required=True)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        date = getattr(args, "date", None)
+        if date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
+            raise RecordsError(f"--date {date}: expected YYYY-MM-DD")
+        runs = load_runs(args.runs)
+        _warn_size(runs)
+        if args.command == "table":
+            print(table_text(runs, args.previous_val_loss, args.margin, args.alpha))
+        elif args.command == "submission":
+            _write_json(Path(args.output), combined_submission(runs, args))
+            print(f"wrote {args.output} ({len(runs)} seeds)")
+        elif args.command == "folder":
+            print(f"wrote record folder {build_folder(runs, args)}")
+        else:
+            plot_runs(runs, args.output)
+            print(f"wrote {args.output}")
+    except RecordsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # e.g. an output path that cannot be written
+        print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

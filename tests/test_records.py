@@ -1,0 +1,239 @@
+"""Tests for records.py: log parsing, errors, statistics, submission, folder, plot."""
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+import records  # noqa: E402
+
+# Source-code noise as it appears at the top of a real log: these lines mention
+# the same words as the real ones but must never be parsed.
+SOURCE_NOISE = '''\
+import os
+    log(f"step:{step}/{n} val_loss:{val_loss:.4f} val_bpb:{val_bpb:.4f} train_time:{t}ms")
+    log(f"seed:{args.seed}")
+        print("step:99999/20000 val_loss:0.1000 val_bpb:0.0500 train_time:1ms step_avg:1.00ms")
+# legal_ttt_exact val_loss:0.00000001 val_bpb:0.00000001 eval_time:1ms
+    log(f"artifact bytes_code:{c} bytes_model:{m} bytes_total:{c + m}")
+'''
+
+
+def make_log(seed=1337, val_loss=1.93654321, val_bpb=1.14701234, ttt=True,
+             final=True, bytes_total=15873579, seed_line=True):
+    lines = [SOURCE_NOISE.rstrip("\n")]
+    if seed_line:
+        lines.append(f"seed:{seed}")
+    lines += [
+        "world_size:8 grad_accum_steps:1",
+        "step:0/20000 val_loss:6.9315 val_bpb:4.1052 train_time:0ms step_avg:0.00ms",
+        "step:10/20000 train_loss:5.1234 train_time:907ms step_avg:90.70ms",
+        "step:20/20000 train_loss:4.5000 train_time:1814ms step_avg:90.70ms",
+        "step:200/20000 val_loss:3.1000 val_bpb:1.8360 train_time:18140ms step_avg:90.70ms",
+        "step:6610/20000 train_loss:2.0000 train_time:599500ms step_avg:90.70ms",
+        "stopping_early: wallclock_cap train_time:600012ms step:6615/20000",
+        "step:6615/20000 val_loss:1.9600 val_bpb:1.1600 train_time:600012ms step_avg:90.70ms",
+    ]
+    if final:
+        lines.append(f"artifact bytes_code:61234 bytes_model:{bytes_total - 61234} "
+                     f"bytes_total:{bytes_total}")
+        lines.append("final_int8_zstd_roundtrip_exact val_loss:1.95123456 "
+                     "val_bpb:1.15612345 eval_time:41234ms")
+        if ttt:
+            lines.append(f"legal_ttt_exact val_loss:{val_loss:.8f} val_bpb:{val_bpb:.8f} "
+                         "eval_time:498765ms")
+    return "\n".join(lines) + "\n"
+
+
+def write_runs(tmp_path, losses, bpbs=None):
+    paths = []
+    for i, loss in enumerate(losses):
+        bpb = bpbs[i] if bpbs else loss * 0.6
+        p = tmp_path / f"run{i}.txt"
+        p.write_text(make_log(seed=1000 + i, val_loss=loss, val_bpb=bpb,
+                             bytes_total=15_000_000 + i))
+        paths.append(str(p))
+    return paths
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "records.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+# --- parsing -----------------------------------------------------------------
+
+def test_parse_log_ignores_source_noise_and_prefers_ttt(tmp_path):
+    p = tmp_path / "train.log"
+    p.write_text(make_log())
+    run = records.parse_log(p)
+    assert run.seed == 1337
+    assert run.val_loss == pytest.approx(1.93654321)
+    assert run.val_bpb == pytest.approx(1.14701234)
+    assert run.final == "ttt"
+    assert run.bytes_total == 15873579 and run.bytes_code == 61234
+    assert run.steps == 6615  # not 99999 from the noise line
+    assert run.train_time_s == pytest.approx(600.012)
+    assert run.eval_time_s == pytest.approx(41.234 + 498.765)
+    assert [s for s, _, _ in run.train_curve] == [10, 20, 6610]
+    assert [s for s, _, _ in run.val_curve] == [0, 200, 6615]
+    assert run.val_curve[1][1:] == pytest.approx((18.14, 1.836))
+
+
+def test_parse_log_falls_back_to_roundtrip(tmp_path):
+    p = tmp_path / "train.txt"
+    p.write_text(make_log(ttt=False))
+    run = records.parse_log(p)
+    assert run.final == "roundtrip"
+    assert run.val_loss == pytest.approx(1.95123456)
+    assert run.val_bpb == pytest.approx(1.15612345)
+    assert run.eval_time_s == pytest.approx(41.234)
+
+
+def test_parse_per_run_submission_json(tmp_path):
+    p = tmp_path / "submission.json"
+    p.write_text(json.dumps({
+        "val_loss": 1.94, "val_bpb": 1.15, "roundtrip_val_loss": 1.95,
+        "roundtrip_val_bpb": 1.16, "bytes_total": 15_900_000, "bytes_code": 60_000,
+        "bytes_model": 15_840_000, "steps": 6600, "train_time_s": 600.0,
+        "eval_time_s": 540.0, "seed": 42, "world_size": 8, "device": "H100",
+        "torch_version": "2.8", "backends": {"attn": "flash"}, "over_limit": False,
+        "run": "test"}))
+    run = records.parse_run_json(p)
+    assert (run.seed, run.val_loss, run.val_bpb) == (42, 1.94, 1.15)
+    assert (run.bytes_total, run.steps, run.eval_time_s) == (15_900_000, 6600, 540.0)
+    # a directory holding only submission.json is read the same way
+    [from_dir] = records.load_runs([str(tmp_path)])
+    assert from_dir.seed == 42
+
+
+def test_duplicate_seed_is_refused(tmp_path):
+    a, b = tmp_path / "a.log", tmp_path / "b.log"
+    a.write_text(make_log(seed=7))
+    b.write_text(make_log(seed=7))
+    with pytest.raises(records.RecordsError, match="seed 7"):
+        records.load_runs([str(a), str(b)])
+
+
+def test_diverged_run_is_refused(tmp_path):
+    p = tmp_path / "train.log"
+    p.write_text(make_log().replace("legal_ttt_exact val_loss:1.93654321", "legal_ttt_exact val_loss:nan"))
+    with pytest.raises(records.RecordsError, match="not finite"):
+        records.load_runs([str(p)])
+
+
+# --- errors via the command line -----------------------------------------------
+
+@pytest.mark.parametrize("kind, expected", [
+    ("truncated", "truncated"),
+    ("no_seed", "no 'seed:N' line"),
+    ("json_missing", "missing key(s) seed"),
+])
+def test_bad_input_gives_one_line_error_and_exit_2(tmp_path, kind, expected):
+    if kind == "truncated":  # killed mid-training: no artifact, no final line
+        p = tmp_path / "train.log"
+        p.write_text(make_log(final=False))
+    elif kind == "no_seed":
+        p = tmp_path / "train.log"
+        p.write_text(make_log(seed_line=False))
+    else:
+        p = tmp_path / "submission.json"
+        p.write_text(json.dumps({"val_loss": 1.9, "val_bpb": 1.1}))
+    result = run_cli("table", p)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert lines[0].startswith(f"error: {p}: ") and expected in lines[0]
+
+
+# --- statistics ----------------------------------------------------------------
+
+def test_t_test_hand_computed_df2():
+    t, df, p = records.one_sided_test([1.90, 1.91, 1.92], previous=1.93, margin=0.005)
+    assert df == 2
+    assert t == pytest.approx(0.015 / (0.01 / math.sqrt(3)), rel=1e-9)
+    assert t == pytest.approx(2.598, abs=1e-3)
+    # closed form of the Student-t tail for df = 2
+    assert p == pytest.approx(0.5 * (1 - t / math.sqrt(t * t + 2)), rel=1e-9)
+    assert p == pytest.approx(0.0608, abs=1e-4)
+
+
+def test_t_sf_df1_is_cauchy_and_tails_are_consistent():
+    for t in (-3.0, -0.5, 0.0, 0.7, 2.0, 31.8):
+        assert records.t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, rel=1e-9)
+        assert records.t_sf(t, 7) + records.t_sf(-t, 7) == pytest.approx(1.0)
+    # a large df approaches the normal tail
+    assert records.t_sf(1.959963985, 1e7) == pytest.approx(0.025, rel=1e-4)
+
+
+def test_table_cli_reports_verdict(tmp_path):
+    paths = write_runs(tmp_path, [1.90, 1.91, 1.92])
+    out = run_cli("table", *paths, "--previous-val-loss", 1.93).stdout
+    assert "t = 2.5981" in out and "df = 2" in out and "p = 0.0608" in out
+    assert "NOT significant at alpha = 0.01" in out
+    assert "1.91000000" in out and "0.01000000" in out  # mean and sample sd
+    out = run_cli("table", *paths, "--previous-val-loss", 1.93, "--alpha", 0.1).stdout
+    assert "SIGNIFICANT at alpha = 0.1" in out and "NOT" not in out
+    out = run_cli("table", paths[0], "--previous-val-loss", 1.93).stdout
+    assert "needs >= 2 seeds" in out
+
+
+# --- submission and folder --------------------------------------------------------
+
+META = ["--name", "Test Record", "--author", "Ann", "--github-id", "ann",
+        "--blurb", "A test.", "--date", "2025-01-02"]
+
+
+def test_combined_submission(tmp_path):
+    paths = write_runs(tmp_path, [1.90, 1.91, 1.92], bpbs=[1.10, 1.12, 1.14])
+    out = tmp_path / "submission.json"
+    assert run_cli("submission", *paths, *META, "-o", out).returncode == 0
+    sub = json.loads(out.read_text())
+    assert set(sub) == {"name", "author", "github_id", "val_bpb", "val_loss",
+                        "bytes_total", "bytes_code", "blurb", "date", "seeds"}
+    assert sub["val_loss"] == pytest.approx(1.91) and sub["val_bpb"] == pytest.approx(1.12)
+    assert sub["bytes_total"] == 15_000_002  # max over seeds
+    assert (sub["name"], sub["github_id"], sub["date"]) == ("Test Record", "ann", "2025-01-02")
+    assert [s["seed"] for s in sub["seeds"]] == [1000, 1001, 1002]
+    assert set(sub["seeds"][0]) == {"seed", "val_loss", "val_bpb", "bytes_total",
+                                    "steps", "train_time_s", "eval_time_s"}
+    assert sub["seeds"][1]["steps"] == 6615
+
+
+def test_folder_assembly(tmp_path):
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    paths = write_runs(runs_dir, [1.90, 1.91])
+    script = tmp_path / "my_script.py"
+    script.write_text("print('hello')\n")
+    (tmp_path / "requirements.txt").write_text("numpy\n")
+    out = tmp_path / "record"
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", script)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "requirements.txt", "submission.json", "train_gpt.py",
+        "train_seed1000.log", "train_seed1001.log"]
+    assert (out / "train_gpt.py").read_text() == script.read_text()
+    assert (out / "train_seed1001.log").read_text() == Path(paths[1]).read_text()
+    assert json.loads((out / "submission.json").read_text())["bytes_code"] == 15
+    assert "| 1000 |" in (out / "README.md").read_text()
+    assert "bytes_code" in result.stderr  # logs say 61234 bytes, script is 15
+    # the finished folder reads back as its runs (requirements.txt is not a log)
+    assert [r.seed for r in records.load_runs([str(out)])] == [1000, 1001]
+
+
+# --- plot --------------------------------------------------------------------------
+
+def test_plot_writes_png(tmp_path):
+    pytest.importorskip("matplotlib", reason="plot needs matplotlib (pip install matplotlib)")
+    paths = write_runs(tmp_path, [1.90, 1.91])
+    out = tmp_path / "curves.png"
+    result = run_cli("plot", *paths, "-o", out)
+    assert result.returncode == 0, result.stderr
+    data = out.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > 10_000
