@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny corpus, a SentencePiece tokenizer trained on it, and shards in the challenge's format."""
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+WORDS = ("the a of and to in is was for on that with as by at from his her they it be this which or had "
+         "river stone garden light morning winter quiet letter window market summer road friend music "
+         "café naïve façade — über").split()
+
+
+def make_documents(n_docs: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.randint(2, 6)):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 12))]
+            sentences.append(" ".join(words).capitalize() + rng.choice(".!?"))
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def write_shard(path: Path, tokens) -> None:
+    header = np.zeros(256, dtype="<i4")
+    header[:3] = (20240520, 1, len(tokens))
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, dtype="<u2").tobytes())
+
+
+@pytest.fixture(scope="session")
+def tokenizer_path(tmp_path_factory) -> Path:
+    import sentencepiece as spm
+    folder = tmp_path_factory.mktemp("tokenizer")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(make_documents(400, seed=0)), model_prefix=str(folder / "tiny"), vocab_size=320,
+        model_type="bpe", byte_fallback=True, pad_id=0, bos_id=1, eos_id=2, unk_id=3, minloglevel=2)
+    return folder / "tiny.model"
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory, tokenizer_path) -> Path:
+    """Two train shards and one validation shard; every document starts with BOS (id 1)."""
+    import sentencepiece as spm
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    folder = tmp_path_factory.mktemp("data")
+
+    def stream(n_docs, seed):
+        return [t for doc in make_documents(n_docs, seed) for t in [1] + sp.encode(doc)]
+
+    write_shard(folder / "fineweb_train_000000.bin", stream(300, seed=1))
+    write_shard(folder / "fineweb_train_000001.bin", stream(300, seed=2))
+    write_shard(folder / "fineweb_val_000000.bin", stream(60, seed=3))
+    return folder

@@ -1,0 +1,379 @@
+"""train_gpt.py on CPU: the whole run end to end, and the properties each part claims."""
+import json
+import math
+import os
+import subprocess
+import sys
+import unicodedata
+
+import numpy as np
+import pytest
+import sentencepiece as spm
+import torch
+
+from conftest import ROOT, make_documents
+
+import train_gpt as tg
+
+TINY = dict(NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="2", SLIDING_WINDOW="16",
+            BIGRAM_BUCKETS="64", BIGRAM_HASH_DIM="8", VOCAB_SIZE="320", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="256",
+            GRAD_ACCUM_STEPS="2", ITERATIONS="12", WARMUP_STEPS="2", WARMDOWN_ITERS="6", TRAIN_LOG_EVERY="4",
+            VAL_LOSS_EVERY="6", EMA_DECAY="0.5", EMA_EVERY="2", TTT_CHUNK_TOKENS="1024", TTT_EPOCHS="2",
+            EVAL_BATCH_SEQS="8", SEED="7")
+
+
+def tiny_hp(**overrides) -> tg.Hyperparameters:
+    env = {**TINY, **{k.upper(): str(v) for k, v in overrides.items()}}
+    return tg.Hyperparameters.from_env(env)
+
+
+def reference_kernels() -> tg.Kernels:
+    return tg.select_kernels(tiny_hp(), torch.device("cpu"))
+
+
+def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
+    """A tiny model with every parameter perturbed, so that zero-initialised projections do not hide a path."""
+    torch.manual_seed(seed)
+    model = tg.HymbaGPT(tiny_hp(**overrides), reference_kernels()).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                continue
+            p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
+def run_script(cwd, env_extra, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(TINY, **env_extra)
+    return subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def final_line(stdout: str, prefix: str) -> dict:
+    line = [l for l in stdout.splitlines() if l.startswith(prefix + " ")][-1]
+    return {k: v for k, v in (item.split(":", 1) for item in line.split()[1:])}
+
+
+# --- the whole script ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, dataset, tokenizer_path):
+    cwd = tmp_path_factory.mktemp("run")
+    result = run_script(cwd, dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer_path), RUN_ID="tiny"))
+    return cwd, result
+
+
+def test_script_runs_end_to_end(tiny_run):
+    cwd, result = tiny_run
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("final_model.int8.ptz", "final_model.pt", "submission.json", "logs/tiny.txt"):
+        assert (cwd / name).is_file(), name
+    roundtrip = final_line(result.stdout, "final_int8_zstd_roundtrip_exact")
+    ttt = final_line(result.stdout, "legal_ttt_exact")
+    assert math.isfinite(float(roundtrip["val_bpb"])) and math.isfinite(float(ttt["val_bpb"]))
+    log = (cwd / "logs/tiny.txt").read_text()
+    assert log.startswith((ROOT / "train_gpt.py").read_text()), "the log starts with the script's source"
+    assert "legal_ttt_exact val_loss:" in log.splitlines()[-2] or "legal_ttt_exact" in log
+
+
+def test_bytes_total_is_script_plus_artifact(tiny_run):
+    cwd, result = tiny_run
+    summary = json.loads((cwd / "submission.json").read_text())
+    script, artifact = (ROOT / "train_gpt.py").stat().st_size, (cwd / "final_model.int8.ptz").stat().st_size
+    assert summary["bytes_code"] == script and summary["bytes_model"] == artifact
+    assert summary["bytes_total"] == script + artifact
+    assert summary["over_limit"] is False
+    ttt = final_line(result.stdout, "legal_ttt_exact")
+    assert summary["val_bpb"] == pytest.approx(float(ttt["val_bpb"]), abs=1e-8)
+    assert summary["steps"] == 12 and summary["world_size"] == 1 and summary["seed"] == 7
+    assert summary["backends"] == {"scan": "reference", "conv": "reference", "attn": "reference"}
+
+
+def test_training_lowers_the_loss(tiny_run):
+    _, result = tiny_run
+    vals = [float(l.split("val_loss:")[1].split()[0]) for l in result.stdout.splitlines() if l.startswith("step:") and "val_loss" in l]
+    assert vals[0] == pytest.approx(math.log(320), abs=1e-3)  # zero-initialised head: uniform prediction
+    assert vals[-1] < vals[0] - 0.5
+
+
+def test_eval_only_reproduces_the_run(tiny_run, dataset, tokenizer_path):
+    cwd, result = tiny_run
+    again = run_script(cwd, dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer_path), RUN_ID="rescore",
+                                 EVAL_ONLY="1", ARTIFACT="final_model.int8.ptz"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    for prefix in ("final_int8_zstd_roundtrip_exact", "legal_ttt_exact"):
+        assert final_line(again.stdout, prefix)["val_bpb"] == final_line(result.stdout, prefix)["val_bpb"]
+    assert final_line(again.stdout, "artifact")["bytes_total"] == final_line(result.stdout, "artifact")["bytes_total"]
+
+
+# --- model properties ------------------------------------------------------------------------------
+
+
+def test_model_is_causal():
+    model = randomized_model()
+    torch.manual_seed(1)
+    ids = torch.randint(0, 320, (2, 80))
+    base = model.logits(ids)
+    for t in (0, 17, 40, 78):
+        changed = ids.clone()
+        changed[:, t + 1:] = torch.randint(0, 320, changed[:, t + 1:].shape)
+        out = model.logits(changed)
+        assert torch.equal(out[:, :t + 1], base[:, :t + 1]), f"logits up to {t} changed"
+        assert not torch.allclose(out[:, t + 1:], base[:, t + 1:]), "later logits should depend on later tokens"
+
+
+@pytest.mark.parametrize("t_len,window", [(50, 16), (64, 16), (10, 16)])
+def test_attention_window_boundary(t_len, window):
+    torch.manual_seed(0)
+    q = torch.randn(1, t_len, 4, 8, dtype=torch.float64)
+    k = torch.randn(1, t_len, 2, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, t_len, 2, 8, dtype=torch.float64, requires_grad=True)
+    t = t_len - 1
+    tg.sliding_window_attention_reference(q, k, v, window)[0, t].sum().backward()
+    seen = (k.grad.abs().sum(dim=(0, 2, 3)) + v.grad.abs().sum(dim=(0, 2, 3))) > 0
+    first_seen = max(0, t - window + 1)
+    assert seen[first_seen:t + 1].all(), "position t must see t-W+1 .. t"
+    assert not seen[:first_seen].any(), "position t must not see t-W or earlier"
+
+
+def test_attention_reference_matches_dense_mask():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 45, 4, 8), torch.randn(2, 45, 2, 8), torch.randn(2, 45, 2, 8)
+    pos = torch.arange(45)
+    mask = (pos[:, None] >= pos[None, :]) & (pos[:, None] - pos[None, :] < 16)
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q.transpose(1, 2), k.repeat_interleave(2, 2).transpose(1, 2), v.repeat_interleave(2, 2).transpose(1, 2),
+        attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(tg.sliding_window_attention_reference(q, k, v, 16), dense)
+
+
+def sequential_scan(u, delta, A, B, C, D, z, delta_bias):
+    dt = torch.nn.functional.softplus(delta + delta_bias[:, None])
+    h = torch.zeros(u.size(0), u.size(1), A.size(1), dtype=u.dtype)
+    ys = []
+    for t in range(u.size(2)):
+        h = torch.exp(dt[:, :, t, None] * A) * h + (dt[:, :, t] * u[:, :, t])[..., None] * B[:, None, :, t]
+        ys.append((h * C[:, None, :, t]).sum(-1))
+    y = torch.stack(ys, -1) + D[:, None] * u
+    return y * torch.nn.functional.silu(z)
+
+
+@pytest.mark.parametrize("length", [7, 50, 300])
+def test_selective_scan_matches_sequential_recurrence(length):
+    torch.manual_seed(length)
+    b, d, n = 2, 6, 4
+    inputs = dict(u=torch.randn(b, d, length), delta=torch.randn(b, d, length), A=-torch.rand(d, n) * 3,
+                  B=torch.randn(b, n, length), C=torch.randn(b, n, length), D=torch.randn(d),
+                  z=torch.randn(b, d, length), delta_bias=torch.randn(d))
+    inputs = {k: v.double().requires_grad_() for k, v in inputs.items()}
+    out_ref = tg.selective_scan_reference(**inputs)
+    grads_ref = torch.autograd.grad(out_ref.sin().sum(), list(inputs.values()))
+    out_seq = sequential_scan(**inputs)
+    grads_seq = torch.autograd.grad(out_seq.sin().sum(), list(inputs.values()))
+    torch.testing.assert_close(out_ref, out_seq, rtol=1e-10, atol=1e-10)
+    for name, g_ref, g_seq in zip(inputs, grads_ref, grads_seq):
+        torch.testing.assert_close(g_ref, g_seq, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+
+
+def test_causal_conv_reference_is_causal_depthwise():
+    torch.manual_seed(0)
+    x, w, bias = torch.randn(1, 3, 10), torch.randn(3, 4), torch.randn(3)
+    out = tg.causal_conv1d_reference(x, w, bias)
+    t, c = 6, 1
+    expected = sum(w[c, 3 - j] * x[0, c, t - j] for j in range(4)) + bias[c]
+    assert out[0, c, t].item() == pytest.approx(torch.nn.functional.silu(expected).item(), rel=1e-5)
+
+
+# --- artifact ----------------------------------------------------------------------------------------
+
+
+def test_quantization_roundtrip_error_bound_and_exact_compression():
+    torch.manual_seed(0)
+    state = {"blocks.0.mlp.fc.weight": torch.randn(256, 300) * 0.05,
+             "tok_emb.weight": torch.randn(512, 200),
+             "blocks.0.mixer_scale": torch.randn(64),
+             "blocks.0.mixer.x_proj.weight": torch.randn(40, 64),
+             "steps": torch.arange(5)}
+    state["blocks.0.mlp.fc.weight"][3, 7] = 40.0  # an outlier: the row's scale follows the clip percentile
+    blob = tg.pack_artifact(state, bits=8, level=22)
+    import io, zstandard
+    raw = zstandard.ZstdDecompressor().decompress(blob)
+    packed = torch.load(io.BytesIO(raw))
+    reference = io.BytesIO()
+    torch.save(tg.quantize_state_dict(state, 8), reference)
+    assert raw == reference.getvalue(), "compression must be lossless, byte for byte"
+    restored = tg.unpack_artifact(blob)
+    assert restored.keys() == state.keys()
+    for name in ("blocks.0.mlp.fc.weight", "tok_emb.weight"):
+        w, r = state[name], restored[name]
+        scale = packed["scales"][name].float()[:, None]
+        clip = scale * 127
+        within = w.abs() <= clip
+        assert packed["quantized"][name].dtype == torch.int8
+        assert ((w - r).abs()[within] <= scale.expand_as(w)[within] / 2 + 1e-6).all()
+        assert (r.abs() <= clip + 1e-6).all()
+        expected_clip = torch.quantile(w.abs(), tg.CLIP_QUANTILE, dim=1)
+        torch.testing.assert_close(clip[:, 0], expected_clip, rtol=1e-3, atol=0)  # fp16 scale
+    assert packed["kept"]["blocks.0.mixer_scale"].dtype == torch.float32  # control tensor
+    assert packed["kept"]["blocks.0.mixer.x_proj.weight"].dtype == torch.float16
+    assert torch.equal(restored["steps"], state["steps"])
+
+
+# --- bits per byte -----------------------------------------------------------------------------------
+
+
+def count_bytes(sp, docs):
+    ids = [t for doc in docs for t in [1] + sp.encode(doc)]
+    tables = tg.build_byte_tables(sp, sp.get_piece_size(), torch.device("cpu"))
+    ids = torch.tensor(ids)
+    return int(tables.target_bytes(ids[:-1], ids[1:]).sum()), ids
+
+
+def test_byte_accounting_matches_utf8_length(tokenizer_path):
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    docs = make_documents(20, seed=11) + ["Ünïcödé ✓ text: 3 × 4 = 12 — ok", "日本語"]
+    counted, ids = count_bytes(sp, docs)
+    assert sp.unk_id() not in ids.tolist()
+    assert counted == sum(len(sp.decode(sp.encode(d)).encode("utf-8")) for d in docs)
+    assert counted == sum(len(d.encode("utf-8")) for d in docs)
+
+
+def test_byte_accounting_with_the_challenge_tokenizer():
+    path = ROOT.parent / "shared" / "tokenizers" / "fineweb_1024_bpe.model"
+    if not path.is_file():
+        pytest.skip("../shared/tokenizers/fineweb_1024_bpe.model is not present")
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    ascii_docs = [unicodedata.normalize("NFKD", d).encode("ascii", "ignore").decode() for d in make_documents(30, seed=5)]
+    docs = ascii_docs + ["Prices rose 3.5% in 2024 \u2014 the cafe's  facade stayed."]
+    assert any("\u2014" in d for d in docs)  # a multi-byte character the vocabulary has
+    counted, ids = count_bytes(sp, docs)
+    assert counted == sum(len(sp.decode(sp.encode(d)).encode("utf-8")) for d in docs)
+
+
+def test_windows_score_every_target_once():
+    for stride in (0, 5, 16):
+        windows = tg.make_windows(1, 101, seq_len=16, stride=stride)
+        scored = [s + 1 + j for s, n, f in windows for j in range(f, n)]
+        assert scored == list(range(1, 101))
+        assert all(0 <= s and n <= 16 and s + n <= 100 for s, n, f in windows)
+    strided = tg.make_windows(1, 101, seq_len=16, stride=5)
+    assert strided[-1][1] == 16, "strided windows use the longest context available"
+
+
+# --- test-time training is score-first ------------------------------------------------------------
+
+
+def tiny_data(tokenizer_path, n_tokens=700):
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    ids = [t for doc in make_documents(100, seed=9) for t in [1] + sp.encode(doc)][:n_tokens]
+    return tg.Data(torch.tensor(ids), tg.build_byte_tables(sp, 320, torch.device("cpu")), [])
+
+
+def test_ttt_never_scores_a_token_with_weights_trained_on_it(tokenizer_path, monkeypatch):
+    hp = tiny_hp(TTT_CHUNK_TOKENS=128, TTT_EPOCHS=1, TRAIN_SEQ_LEN=64, EVAL_TIME_BUDGET=1e9)
+    data = tiny_data(tokenizer_path)
+    model = tg.HymbaGPT(hp, reference_kernels())
+    run = tg.Run(0, 1, torch.device("cpu"), None)
+    trained, events = set(), []
+
+    def targets(windows):
+        return {s + 1 + j for s, n, f in windows for j in range(f, n)}
+
+    real_score, real_train = tg.score_windows, tg.ttt_train_chunk
+
+    def recording_score(model_, tokens, windows, *args):
+        events.append(("score", targets(windows)))
+        assert not targets(windows) & trained, "scored a token the weights have trained on"
+        return real_score(model_, tokens, windows, *args)
+
+    def recording_train(model_, tokens, windows, *args):
+        events.append(("train", targets(windows)))
+        trained.update(targets(windows))
+        return real_train(model_, tokens, windows, *args)
+
+    monkeypatch.setattr(tg, "score_windows", recording_score)
+    monkeypatch.setattr(tg, "ttt_train_chunk", recording_train)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tg.evaluate_with_ttt(model, data, hp, run, eval_start=__import__("time").perf_counter())
+    scored = [t for kind, ts in events if kind == "score" for t in ts]
+    assert sorted(scored) == list(range(1, len(data.val_tokens))), "every target scored exactly once"
+    assert [k for k, _ in events].count("train") == math.ceil(699 / 128) - 1, "trains on every chunk but the last"
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "TTT changed the weights"
+
+
+def test_ttt_stops_adapting_when_the_budget_is_spent(tokenizer_path, monkeypatch):
+    hp = tiny_hp(TTT_CHUNK_TOKENS=128, TTT_EPOCHS=1, TRAIN_SEQ_LEN=64, EVAL_TIME_BUDGET=0)
+    model = tg.HymbaGPT(hp, reference_kernels())
+    calls = []
+    monkeypatch.setattr(tg, "ttt_train_chunk", lambda *a: calls.append(1))
+    loss, bpb = tg.evaluate_with_ttt(model, tiny_data(tokenizer_path), hp, tg.Run(0, 1, torch.device("cpu"), None),
+                                     eval_start=0.0)
+    assert calls == [] and math.isfinite(bpb)
+
+
+# --- schedule and EMA ------------------------------------------------------------------------------
+
+
+def test_lr_schedule_by_iterations():
+    hp = tiny_hp(ITERATIONS=100, WARMDOWN_ITERS=40, MAX_WALLCLOCK_SECONDS=0)
+    assert tg.lr_multiplier(0, 0, hp) == 1.0 and tg.lr_multiplier(60, 0, hp) == 1.0
+    assert tg.lr_multiplier(80, 0, hp) == pytest.approx(0.5)  # halfway through a cosine warmdown
+    assert tg.lr_multiplier(70, 0, hp) == pytest.approx(0.5 * (1 - math.cos(math.pi * 0.75)))
+    assert tg.lr_multiplier(100, 0, hp) == 0.0
+    linear = tiny_hp(ITERATIONS=100, WARMDOWN_ITERS=40, MAX_WALLCLOCK_SECONDS=0, WARMDOWN_SHAPE="linear")
+    assert tg.lr_multiplier(90, 0, linear) == pytest.approx(0.25)
+
+
+def test_lr_schedule_by_wallclock():
+    hp = tiny_hp(ITERATIONS=20000, WARMDOWN_ITERS=1000, MAX_WALLCLOCK_SECONDS=100)
+    # 100 ms per step: the warmdown lasts 100 s, the whole run: it starts at once, at 1.0
+    assert tg.lr_multiplier(10, 1000.0, hp) == pytest.approx(0.5 * (1 - math.cos(math.pi * 0.99)))
+    assert tg.lr_multiplier(500, 50_000.0, hp) == pytest.approx(0.5)
+    assert tg.lr_multiplier(1000, 100_000.0, hp) == 0.0
+    fast = tiny_hp(ITERATIONS=20000, WARMDOWN_ITERS=100, MAX_WALLCLOCK_SECONDS=100)  # 10 ms warmdown window: 1 s
+    assert tg.lr_multiplier(5000, 50_000.0, fast) == 1.0
+    assert tg.lr_multiplier(9950, 99_500.0, fast) == pytest.approx(0.5)
+
+
+def test_muon_momentum_warmup():
+    hp = tiny_hp(MUON_MOMENTUM_WARMUP_STEPS=500)
+    assert tg.muon_momentum(0, hp) == pytest.approx(0.85)
+    assert tg.muon_momentum(250, hp) == pytest.approx(0.90)
+    assert tg.muon_momentum(5000, hp) == pytest.approx(0.95)
+
+
+def test_ema_is_an_exponential_average_every_n_steps():
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = tg.EMA(model, decay=0.9, every=2)
+    values = []
+    for step in range(1, 7):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ema.update(model, step)
+        if step % 2 == 0:
+            values.append(float(step))
+    expected = 0.0
+    for v in values:
+        expected = 0.9 * expected + 0.1 * v
+    ema.copy_to(model)
+    assert model.weight[0, 0].item() == pytest.approx(expected)
+
+
+def test_muon_orthogonalizes():
+    torch.manual_seed(0)
+    g = torch.randn(64, 32)
+    x = tg.newton_schulz_orthogonalize(g, steps=5).float()
+    singular = torch.linalg.svdvals(x)
+    assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+def test_hyperparameters_from_env():
+    hp = tg.Hyperparameters.from_env({"NUM_LAYERS": "3", "TTT_ENABLED": "0", "MATRIX_LR": "0.1"})
+    assert hp.num_layers == 3 and hp.ttt_enabled is False and hp.matrix_lr == 0.1
+    assert tg.Hyperparameters().train_seq_len == 32768 and tg.Hyperparameters().sliding_window == 1024
+    with pytest.raises(tg.ConfigError, match="NUM_LAYERS"):
+        tg.Hyperparameters.from_env({"NUM_LAYERS": "eight"})

@@ -1,0 +1,1187 @@
+"""
+Hymba-8L for the OpenAI Parameter Golf challenge: train in 600 s, fit in 16 MB, score by bits per byte.
+
+Every block runs Mamba (a selective state-space scan) and sliding-window attention side by side on the
+same input. Both cost linear time in the sequence length, so the model trains at 32,768-token context.
+The run reads as its phases, each a function named for it:
+
+    setup_run -> load_data -> build_model -> train_model -> export_artifact -> evaluate_artifact
+
+Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (any GPU count; CPU works for tiny
+configurations). Every setting is an environment variable; the defaults are the record's configuration.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import glob
+import io
+import json
+import math
+import os
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import sentencepiece as spm
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+import zstandard
+from torch.nn.parallel import DistributedDataParallel
+
+ARTIFACT_LIMIT_BYTES = 16_000_000
+
+# -----------------------------------------------------------------------------
+# Hyperparameters
+#
+# One dataclass; each field is read from the environment variable of the same name in upper case.
+# Values are checked when read, so a typo fails in the first second rather than after the GPUs spin up.
+# -----------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A bad setting or input file: reported as one line, exit code 2."""
+
+
+@dataclasses.dataclass
+class Hyperparameters:
+    # data
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
+    vocab_size: int = 1024
+    seed: int = 1337
+    run_id: str = ""  # empty: a fresh random id
+    run_note: str = ""  # free text copied into submission.json: what this run is
+    # model
+    num_layers: int = 8
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: int = 4
+    sliding_window: int = 1024
+    hymba_expand: int = 1
+    hymba_ssm_state: int = 4
+    hymba_conv_kernel: int = 4
+    hymba_dt_rank: int = 0  # 0: model_dim // 16
+    use_smeargate: bool = True
+    use_bigram_hash: bool = True
+    bigram_buckets: int = 4096
+    bigram_hash_dim: int = 128
+    tie_embeddings: bool = False
+    leaky_relu_slope: float = 0.9
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    # training
+    train_seq_len: int = 32768
+    train_batch_tokens: int = 524288
+    grad_accum_steps: int = 0  # 0: 8 // world_size
+    iterations: int = 20000
+    warmup_steps: int = 20
+    warmdown_iters: int = 7000
+    warmdown_shape: str = "cosine"
+    max_wallclock_seconds: float = 600.0
+    matrix_lr: float = 0.02
+    scalar_lr: float = 0.02
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    weight_decay: float = 0.15
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    adam_eps: float = 1e-8
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_backend_steps: int = 5
+    ema_decay: float = 0.997
+    ema_every: int = 10
+    val_loss_every: int = 0  # 0: validate only after training
+    train_log_every: int = 100
+    # artifact and evaluation
+    quant_bits: int = 8
+    zstd_level: int = 22
+    eval_stride: int = 0  # 0: score non-overlapping windows of train_seq_len
+    eval_batch_seqs: int = 4
+    eval_time_budget: float = 560.0  # seconds of evaluation after which TTT stops adapting
+    ttt_enabled: bool = True
+    ttt_lr: float = 0.002
+    ttt_epochs: int = 25
+    ttt_chunk_tokens: int = 524288
+    ttt_batch_seqs: int = 4
+    ttt_freeze_blocks: int = 0
+    # kernels and entry points
+    scan_backend: str = "auto"  # auto | mamba_ssm | reference
+    conv_backend: str = "auto"  # auto | causal_conv1d | reference
+    attn_backend: str = "auto"  # auto | flash_attn | flex | reference
+    compile: bool = True  # torch.compile on CUDA (never on CPU)
+    eval_only: bool = False
+    artifact: str = "final_model.int8.ptz"
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> "Hyperparameters":
+        values = {}
+        for field in dataclasses.fields(cls):
+            raw = env.get(field.name.upper())
+            if raw is None:
+                continue
+            kind = type(field.default)
+            try:
+                if kind is bool:
+                    if raw not in ("0", "1"):
+                        raise ValueError
+                    values[field.name] = raw == "1"
+                else:
+                    values[field.name] = kind(raw)
+            except ValueError:
+                raise ConfigError(f"{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
+        return cls(**values)
+
+
+# -----------------------------------------------------------------------------
+# Distributed setup and logging
+#
+# torchrun sets RANK, WORLD_SIZE and LOCAL_RANK. Rank 0 writes the log (which starts with this file's
+# source, so a log alone reproduces its run) and the artifact; every rank trains and evaluates.
+# -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    rank: int
+    world_size: int
+    device: torch.device
+    log_path: Path | None
+
+    @property
+    def is_master(self) -> bool:
+        return self.rank == 0
+
+    def log(self, message: str, console: bool = True) -> None:
+        if not self.is_master:
+            return
+        if console:
+            print(message, flush=True)
+        if self.log_path is not None:
+            with open(self.log_path, "a", encoding="utf-8") as f:
+                f.write(message + "\n")
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def all_reduce(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor, op=op)
+        return tensor
+
+
+def setup_run(hp: Hyperparameters) -> Run:
+    rank = int(os.environ.get("RANK", "0"))
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if world_size > 1:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
+    hp.run_id = hp.run_id or uuid.uuid4().hex[:12]
+    log_path = None
+    if rank == 0:
+        Path("logs").mkdir(exist_ok=True)
+        log_path = Path("logs") / f"{hp.run_id}.txt"
+        log_path.write_text(Path(__file__).read_text(encoding="utf-8") + "\n" + "=" * 100 + "\n", encoding="utf-8")
+    run = Run(rank, world_size, device, log_path)
+    run.log(f"python {sys.version.split()[0]} torch {torch.__version__} device:{describe_device(device)}")
+    run.log(" ".join(f"{k}:{v}" for k, v in dataclasses.asdict(hp).items()), console=False)
+    run.log(f"seed:{hp.seed}")
+    torch.manual_seed(hp.seed)
+    np.random.seed(hp.seed)
+    return run
+
+
+def describe_device(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def autocast(device: torch.device):
+    """bf16 matmuls on GPU; plain fp32 on CPU, where bf16 is slow and the tests want exact numbers."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# -----------------------------------------------------------------------------
+# Muon optimizer
+#
+# Muon replaces each 2-D weight's momentum update by the nearest semi-orthogonal matrix, found with a
+# few Newton-Schulz iterations in bf16. Each rank orthogonalises a share of the matrices, and one
+# all-reduce of the flattened updates gives every rank all of them.
+# -----------------------------------------------------------------------------
+
+
+def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
+    # quintic iteration with coefficients tuned for fast convergence of the singular values towards 1
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = grad.bfloat16()
+    x = x / (x.norm() + 1e-7)
+    transposed = x.size(0) > x.size(1)
+    if transposed:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if transposed else x
+
+
+class Muon(torch.optim.Optimizer):
+    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float, rank: int = 0,
+                 world_size: int = 1, orthogonalize=newton_schulz_orthogonalize):
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
+        self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
+
+    @torch.no_grad()
+    def step(self):
+        for group in self.param_groups:
+            params = group["params"]
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % self.world_size == self.rank and p.grad is not None:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p.grad)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    update = p.grad.add(buf, alpha=group["momentum"])  # Nesterov
+                    update = self.orthogonalize(update, group["backend_steps"])
+                    update = update * max(1.0, p.size(0) / p.size(1)) ** 0.5  # same RMS for tall matrices
+                    flat[offset:offset + p.numel()] = update.flatten()
+                offset += p.numel()
+            if self.world_size > 1:
+                dist.all_reduce(flat)
+            offset = 0
+            for p in params:
+                update = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
+                p.mul_(1.0 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+                p.add_(update, alpha=-group["lr"])
+                offset += p.numel()
+
+
+# -----------------------------------------------------------------------------
+# Data
+#
+# Shards: 256 little-endian int32 of header (magic, version, token count), then uint16 tokens. The
+# training stream reads shards in order and wraps; each step every rank takes its own slice of the
+# same global span, so ranks never see the same tokens. Validation is the whole fineweb_val_* stream.
+# -----------------------------------------------------------------------------
+
+SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
+
+
+def load_shard(path: Path) -> np.ndarray:
+    header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_INTS)
+    if header.size != SHARD_HEADER_INTS or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
+        raise ConfigError(f"{path}: not a token shard (bad header magic or version)")
+    count = int(header[2])
+    expected = SHARD_HEADER_INTS * 4 + count * 2
+    if path.stat().st_size != expected:
+        raise ConfigError(f"{path}: size {path.stat().st_size} bytes, header says {count} tokens ({expected} bytes)")
+    return np.fromfile(path, dtype="<u2", count=count, offset=SHARD_HEADER_INTS * 4)
+
+
+def shard_paths(data_path: str, split: str) -> list[Path]:
+    paths = sorted(Path(p) for p in glob.glob(os.path.join(data_path, f"fineweb_{split}_*.bin")))
+    if not paths:
+        raise ConfigError(f"DATA_PATH={data_path}: no fineweb_{split}_*.bin shards found")
+    return paths
+
+
+class TokenStream:
+    def __init__(self, paths: list[Path]):
+        self.paths, self.file_index, self.pos = paths, 0, 0
+        self.tokens = load_shard(paths[0])
+
+    def take(self, n: int) -> np.ndarray:
+        pieces = []
+        while n > 0:
+            if self.pos == len(self.tokens):
+                self.file_index = (self.file_index + 1) % len(self.paths)
+                self.tokens, self.pos = load_shard(self.paths[self.file_index]), 0
+            piece = self.tokens[self.pos:self.pos + n]
+            pieces.append(piece)
+            self.pos += len(piece)
+            n -= len(piece)
+        return np.concatenate(pieces)
+
+
+class DistributedTokenLoader:
+    """Each call yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len)."""
+
+    def __init__(self, paths: list[Path], run: Run, tokens_per_rank: int, seq_len: int):
+        self.stream, self.run, self.tokens_per_rank, self.seq_len = TokenStream(paths), run, tokens_per_rank, seq_len
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        span = self.stream.take(self.tokens_per_rank * self.run.world_size + 1)
+        start = self.run.rank * self.tokens_per_rank
+        local = torch.from_numpy(span[start:start + self.tokens_per_rank + 1].astype(np.int64))
+        x = local[:-1].view(-1, self.seq_len).to(self.run.device, non_blocking=True)
+        y = local[1:].view(-1, self.seq_len).to(self.run.device, non_blocking=True)
+        return x, y
+
+
+@dataclasses.dataclass
+class ByteTables:
+    """Per-token UTF-8 byte counts, for turning nats per token into bits per byte."""
+    base_bytes: torch.Tensor  # bytes of the piece, without its leading space marker
+    has_leading_space: torch.Tensor  # piece starts with the SentencePiece space marker
+    is_boundary: torch.Tensor  # control/unknown pieces (BOS): a space after them is not printed
+
+    def target_bytes(self, prev: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        extra = self.has_leading_space[target] & ~self.is_boundary[prev]
+        return self.base_bytes[target] + extra.to(self.base_bytes.dtype)
+
+
+def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int, device: torch.device) -> ByteTables:
+    base = torch.zeros(vocab_size, dtype=torch.int64)
+    space = torch.zeros(vocab_size, dtype=torch.bool)
+    boundary = torch.ones(vocab_size, dtype=torch.bool)  # ids past the tokenizer's pieces count as control
+    for i in range(sp.get_piece_size()):
+        if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+            continue
+        boundary[i] = False
+        if sp.is_byte(i):
+            base[i] = 1
+            continue
+        piece = sp.id_to_piece(i)
+        if piece.startswith("\u2581"):
+            space[i], piece = True, piece[1:]
+        base[i] = len(piece.encode("utf-8"))
+    return ByteTables(base.to(device), space.to(device), boundary.to(device))
+
+
+@dataclasses.dataclass
+class Data:
+    val_tokens: torch.Tensor  # the whole validation stream, int64 on CPU
+    byte_tables: ByteTables
+    train_paths: list[Path]
+
+
+def load_data(hp: Hyperparameters, run: Run) -> Data:
+    if not Path(hp.tokenizer_path).is_file():
+        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path}: file not found")
+    sp = spm.SentencePieceProcessor(model_file=hp.tokenizer_path)
+    if sp.get_piece_size() != hp.vocab_size:
+        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path} has {sp.get_piece_size()} pieces, VOCAB_SIZE={hp.vocab_size}")
+    val = np.concatenate([load_shard(p) for p in shard_paths(hp.data_path, "val")])
+    train_paths = [] if hp.eval_only else shard_paths(hp.data_path, "train")
+    run.log(f"val_tokens:{len(val)} train_shards:{len(train_paths)} tokenizer:{hp.tokenizer_path}")
+    return Data(torch.from_numpy(val.astype(np.int64)), build_byte_tables(sp, hp.vocab_size, run.device), train_paths)
+
+
+# -----------------------------------------------------------------------------
+# Kernels
+#
+# Three operations have fast CUDA implementations in optional packages: the selective scan (mamba-ssm),
+# the causal depthwise convolution (causal-conv1d) and sliding-window attention (flash-attn, or
+# PyTorch's FlexAttention). Each also has a pure-PyTorch reference here, which is what runs on CPU,
+# what the tests check against, and what SCAN_BACKEND / CONV_BACKEND / ATTN_BACKEND=reference forces.
+# -----------------------------------------------------------------------------
+
+
+def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
+    """Mamba's scan h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t, gated by silu(z).
+
+    Shapes as mamba-ssm's selective_scan_fn: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D and
+    delta_bias (d,); dt = softplus(delta + delta_bias). Computed in two levels of about sqrt(l) steps:
+    a recurrence inside every chunk at once from a zero state, then the chunk-end states carried across
+    chunks and added back, decayed, to every position.
+    """
+    out_dtype, compute = u.dtype, torch.promote_types(u.dtype, torch.float32)  # at least fp32
+    u, delta, A, B, C, D, z, delta_bias = (t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias))
+    batch, dim, length = u.shape
+    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, l, d)
+    log_decay = dt[..., None] * A  # (b, l, d, n), <= 0
+    inputs = (dt * u.transpose(1, 2))[..., None] * B.transpose(1, 2)[:, :, None, :]  # (b, l, d, n)
+    chunk = max(16, math.isqrt(length))
+    chunks = -(-length // chunk)
+    pad = chunks * chunk - length
+    log_decay = F.pad(log_decay, (0, 0, 0, 0, 0, pad)).view(batch, chunks, chunk, dim, -1)
+    inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad)).view(batch, chunks, chunk, dim, -1)
+    state, local = torch.zeros_like(inputs[:, :, 0]), []
+    for i in range(chunk):
+        state = torch.exp(log_decay[:, :, i]) * state + inputs[:, :, i]
+        local.append(state)
+    local = torch.stack(local, 2)  # (b, chunks, chunk, d, n): states as if each chunk started from zero
+    decay_from_start = torch.exp(torch.cumsum(log_decay, 2))
+    carry, starts = torch.zeros_like(local[:, 0, 0]), []
+    for c in range(chunks):
+        starts.append(carry)
+        carry = decay_from_start[:, c, -1] * carry + local[:, c, -1]
+    states = local + decay_from_start * torch.stack(starts, 1)[:, :, None]
+    states = states.view(batch, chunks * chunk, dim, -1)[:, :length]
+    y = torch.einsum("bldn,bnl->bdl", states, C)
+    y = (y + D[:, None] * u) * F.silu(z)
+    return y.to(out_dtype)
+
+
+def causal_conv1d_reference(x, weight, bias):
+    """Depthwise causal convolution then SiLU: x (b, d, l), weight (d, k), bias (d,)."""
+    k = weight.size(1)
+    out = F.conv1d(x, weight.unsqueeze(1).to(x.dtype), bias.to(x.dtype), padding=k - 1, groups=x.size(1))
+    return F.silu(out[..., :x.size(-1)])
+
+
+def sliding_window_attention_reference(q, k, v, window: int):
+    """Causal attention in which each position sees itself and the window-1 positions before it.
+
+    q (b, t, h, hd); k, v (b, t, kv_heads, hd). Queries are cut into blocks of `window`; each block
+    attends to its own keys and the previous block's, under a fixed mask: memory O(t * window).
+    """
+    b, t, h, hd = q.shape
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    k, v = (x.repeat_interleave(h // x.size(1), dim=1) for x in (k, v))
+    if t <= window:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
+    blocks = -(-t // window)
+    pad = blocks * window - t
+    q = F.pad(q, (0, 0, 0, pad)).reshape(b * h, blocks, window, hd)
+    k, v = (F.pad(x, (0, 0, window, pad)).unfold(2, 2 * window, window).transpose(-1, -2).reshape(b * h, blocks, 2 * window, hd)
+            for x in (k, v))
+    query_pos = torch.arange(window, device=q.device)[:, None]
+    key_pos = torch.arange(2 * window, device=q.device)[None, :]  # key j of block i is position (i-1)*window + j
+    mask = ((key_pos > query_pos) & (key_pos <= query_pos + window)).expand(blocks, window, 2 * window).clone()
+    mask[0, :, :window] = False  # block 0 has no previous block: those keys are padding
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return out.view(b, h, blocks * window, hd)[:, :, :t].transpose(1, 2)
+
+
+_flex_block_masks: dict = {}
+
+
+def sliding_window_attention_flex(q, k, v, window: int):
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    b, t, h, hd = q.shape
+    key = (t, window, q.device)
+    if key not in _flex_block_masks:
+        def sliding_causal(_b, _h, q_idx, kv_idx):
+            return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+        _flex_block_masks[key] = create_block_mask(sliding_causal, None, None, t, t, device=q.device)
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    out = flex_attention(q, k, v, block_mask=_flex_block_masks[key], enable_gqa=True)
+    return out.transpose(1, 2)
+
+
+def sliding_window_attention_flash(q, k, v, window: int):
+    from flash_attn import flash_attn_func
+    return flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0))
+
+
+def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    return selective_scan_fn(u.contiguous(), delta.contiguous(), A.float(), B.contiguous(), C.contiguous(), D.float(),
+                             z=z.contiguous(), delta_bias=delta_bias.float(), delta_softplus=True)
+
+
+def causal_conv1d_cuda(x, weight, bias):
+    from causal_conv1d import causal_conv1d_fn
+    return causal_conv1d_fn(x.contiguous(), weight.to(x.dtype), bias.to(x.dtype), activation="silu")
+
+
+KERNEL_CHOICES = {
+    # operation: [(backend name, python module it needs or None, function)], fastest first
+    "scan": [("mamba_ssm", "mamba_ssm", selective_scan_mamba_ssm), ("reference", None, selective_scan_reference)],
+    "conv": [("causal_conv1d", "causal_conv1d", causal_conv1d_cuda), ("reference", None, causal_conv1d_reference)],
+    "attn": [("flash_attn", "flash_attn", sliding_window_attention_flash),
+             ("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
+             ("reference", None, sliding_window_attention_reference)],
+}
+
+
+@dataclasses.dataclass
+class Kernels:
+    scan: callable
+    conv: callable
+    attn: callable
+    names: dict
+
+
+def _importable(module: str | None) -> bool:
+    if module is None:
+        return True
+    try:
+        __import__(module)
+        return True
+    except Exception:
+        return False
+
+
+def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
+    """'auto' takes the fastest backend that imports (CUDA ones only on a GPU); a named one must import."""
+    chosen, names = {}, {}
+    for op, requested in (("scan", hp.scan_backend), ("conv", hp.conv_backend), ("attn", hp.attn_backend)):
+        options = KERNEL_CHOICES[op]
+        valid = [name for name, _, _ in options]
+        if requested != "auto" and requested not in valid:
+            raise ConfigError(f"{op.upper()}_BACKEND={requested!r}: choose auto or one of {', '.join(valid)}")
+        for name, module, fn in options:
+            if requested == "auto" and name != "reference" and device.type != "cuda":
+                continue
+            if requested in ("auto", name) and _importable(module):
+                chosen[op], names[op] = fn, name
+                break
+        else:
+            raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({dict((n, m) for n, m, _ in options)[requested]}) does not import")
+    return Kernels(chosen["scan"], chosen["conv"], chosen["attn"], names)
+
+
+# -----------------------------------------------------------------------------
+# Model
+#
+# embed (+ BigramHash, SmearGate) -> blocks with U-Net skips -> norm -> head -> soft-capped logits.
+# A block mixes its input with the embedding output x0, then adds a Hymba mixer (attention and Mamba
+# in parallel) and a LeakyReLU(0.9)^2 MLP, each through a learned per-channel scale. Output
+# projections start at zero, so every block starts as the identity.
+# -----------------------------------------------------------------------------
+
+
+def rms_norm(x: torch.Tensor) -> torch.Tensor:
+    return F.rms_norm(x, (x.size(-1),))
+
+
+class Rotary(nn.Module):
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (b, t, h, hd)
+        angles = torch.outer(torch.arange(x.size(1), device=x.device, dtype=torch.float32), self.inv_freq)
+        cos, sin = angles.cos()[None, :, None, :].to(x.dtype), angles.sin()[None, :, None, :].to(x.dtype)
+        x1, x2 = x.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class BigramHash(nn.Module):
+    """A learned vector per hashed (previous token, token) pair, projected to the model width."""
+
+    def __init__(self, vocab_size: int, buckets: int, hash_dim: int, model_dim: int):
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.table = nn.Embedding(buckets, hash_dim)
+        self.proj = nn.Linear(hash_dim, model_dim, bias=False)
+        nn.init.normal_(self.table.weight, std=0.01)
+        nn.init.zeros_(self.proj.weight)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        prev = F.pad(ids[:, :-1], (1, 0), value=self.vocab_size)  # the first position's "previous" is an id no token has
+        pair = prev * (self.vocab_size + 1) + ids
+        return self.proj(self.table((pair * 2654435761) % (1 << 32) % self.buckets))
+
+
+class SmearGate(nn.Module):
+    """x_t <- (1 - g) x_t + g x_{t-1}, with a learned per-channel gate g = sigmoid(w); x_0 is kept."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = nn.Parameter(torch.full((dim,), -2.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        g = torch.sigmoid(self.gate).to(x.dtype)
+        prev = torch.cat((x[:, :1], x[:, :-1]), dim=1)
+        return x + g * (prev - x)
+
+
+class HymbaMixer(nn.Module):
+    def __init__(self, hp: Hyperparameters, kernels: Kernels):
+        super().__init__()
+        dim, heads, kv_heads = hp.model_dim, hp.num_heads, hp.num_kv_heads
+        self.kernels, self.window = kernels, hp.sliding_window
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.inner = hp.hymba_expand * dim
+        self.state = hp.hymba_ssm_state
+        self.dt_rank = hp.hymba_dt_rank or dim // 16
+        kv_dim = kv_heads * self.head_dim
+        self.split_sizes = [kv_dim, kv_dim, self.inner, self.inner]
+        self.q_proj = nn.Linear(dim, dim, bias=False)
+        self.in_proj = nn.Linear(dim, sum(self.split_sizes), bias=False)  # K, V, Mamba input, Mamba gate
+        self.q_gain = nn.Parameter(torch.full((heads,), hp.qk_gain_init))
+        self.rotary = Rotary(self.head_dim, hp.rope_base)
+        k = hp.hymba_conv_kernel
+        self.conv_weight = nn.Parameter(torch.empty(self.inner, k).uniform_(-k ** -0.5, k ** -0.5))
+        self.conv_bias = nn.Parameter(torch.empty(self.inner).uniform_(-k ** -0.5, k ** -0.5))
+        self.x_proj = nn.Linear(self.inner, self.dt_rank + 2 * self.state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.inner, bias=True)
+        nn.init.uniform_(self.dt_proj.weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        # step sizes start log-uniform in [0.001, 0.1]; the bias holds softplus^-1 of them
+        dt = torch.exp(torch.rand(self.inner) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, self.state + 1, dtype=torch.float32)).repeat(self.inner, 1))
+        self.D = nn.Parameter(torch.ones(self.inner))
+        self.mamba_out = nn.Linear(self.inner, dim, bias=False)
+        self.alpha = nn.Parameter(torch.zeros(()))  # sigmoid(alpha): attention's share of the merge
+        self.out_proj = nn.Linear(dim, dim, bias=False)
+        nn.init.zeros_(self.out_proj.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, _ = x.shape
+        k, v, xm, z = self.in_proj(x).split(self.split_sizes, dim=-1)
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        k, v = k.view(b, t, self.kv_heads, self.head_dim), v.reshape(b, t, self.kv_heads, self.head_dim)
+        q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
+        q = q * self.q_gain.to(q.dtype)[:, None]
+        attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), self.window).reshape(b, t, -1)
+
+        xm = self.kernels.conv(xm.transpose(1, 2), self.conv_weight, self.conv_bias)  # (b, inner, t)
+        dt, B, C = self.x_proj(xm.transpose(1, 2)).split([self.dt_rank, self.state, self.state], dim=-1)
+        delta = F.linear(dt, self.dt_proj.weight.to(dt.dtype)).transpose(1, 2)
+        y = self.kernels.scan(xm, delta, -torch.exp(self.A_log.float()), B.transpose(1, 2), C.transpose(1, 2),
+                              self.D, z.transpose(1, 2), self.dt_proj.bias)
+        mamba = self.mamba_out(y.transpose(1, 2))
+
+        share = torch.sigmoid(self.alpha).to(attn.dtype)
+        return self.out_proj(share * attn + (1 - share) * mamba.to(attn.dtype))
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, mult: int, slope: float):
+        super().__init__()
+        self.fc = nn.Linear(dim, mult * dim, bias=False)
+        self.proj = nn.Linear(mult * dim, dim, bias=False)
+        nn.init.zeros_(self.proj.weight)
+        self.slope = slope
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.leaky_relu(self.fc(x), self.slope).square())
+
+
+class Block(nn.Module):
+    def __init__(self, hp: Hyperparameters, kernels: Kernels):
+        super().__init__()
+        dim = hp.model_dim
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
+        self.mixer = HymbaMixer(hp, kernels)
+        self.mlp = MLP(dim, hp.mlp_mult, hp.leaky_relu_slope)
+        self.mixer_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        mix = self.resid_mix.to(x.dtype)
+        x = mix[0] * x + mix[1] * x0
+        x = x + self.mixer_scale.to(x.dtype) * self.mixer(rms_norm(x))
+        return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
+
+
+class HymbaGPT(nn.Module):
+    def __init__(self, hp: Hyperparameters, kernels: Kernels):
+        super().__init__()
+        if hp.model_dim % hp.num_heads or hp.num_heads % hp.num_kv_heads:
+            raise ConfigError(f"MODEL_DIM={hp.model_dim}, NUM_HEADS={hp.num_heads}, NUM_KV_HEADS={hp.num_kv_heads}: "
+                              "heads must divide the width and KV heads must divide heads")
+        self.softcap = hp.logit_softcap
+        self.tok_emb = nn.Embedding(hp.vocab_size, hp.model_dim)
+        self.bigram = BigramHash(hp.vocab_size, hp.bigram_buckets, hp.bigram_hash_dim, hp.model_dim) if hp.use_bigram_hash else None
+        self.smear = SmearGate(hp.model_dim) if hp.use_smeargate else None
+        self.blocks = nn.ModuleList(Block(hp, kernels) for _ in range(hp.num_layers))
+        self.num_encoder = hp.num_layers // 2
+        self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, hp.num_layers - self.num_encoder), hp.model_dim))
+        self.lm_head = None if hp.tie_embeddings else nn.Linear(hp.model_dim, hp.vocab_size, bias=False)
+        if self.lm_head is not None:
+            nn.init.zeros_(self.lm_head.weight)
+        else:
+            nn.init.normal_(self.tok_emb.weight, std=0.005)
+
+    def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        x = self.tok_emb(ids)
+        if self.bigram is not None:
+            x = x + self.bigram(ids)
+        if self.smear is not None:
+            x = self.smear(x)
+        x = x0 = rms_norm(x)
+        skips = []
+        for i, block in enumerate(self.blocks):
+            if i >= self.num_encoder and skips:  # decoder half: take encoder outputs back in reverse
+                x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
+            x = block(x, x0)
+            if i < self.num_encoder:
+                skips.append(x)
+        x = rms_norm(x)
+        logits = self.lm_head(x) if self.lm_head is not None else F.linear(x, self.tok_emb.weight.to(x.dtype))
+        return self.softcap * torch.tanh(logits.float() / self.softcap)
+
+    def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Cross-entropy in nats: the mean, or per token (reduction='none', shaped like targets) for scoring."""
+        logits = self.logits(ids)
+        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+        return nll.view_as(targets) if reduction == "none" else nll
+
+
+def build_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> HymbaGPT:
+    return HymbaGPT(hp, kernels).to(device)
+
+
+def maybe_compile(module, hp: Hyperparameters, device: torch.device):
+    return torch.compile(module, dynamic=False) if hp.compile and device.type == "cuda" else module
+
+
+# -----------------------------------------------------------------------------
+# Quantization and the artifact
+#
+# The artifact is what counts against 16,000,000 bytes (with this script). Large float tensors become
+# int8 with one fp16 scale per row, each row clipped at a high percentile of |w| so that one outlier
+# does not coarsen the whole row; small tensors stay 16-bit, and control tensors (gains, mixes, decay
+# rates) stay fp32. torch.save then zstd level 22.
+# -----------------------------------------------------------------------------
+
+QUANTIZE_MIN_ELEMENTS = 65_536
+CLIP_QUANTILE = 0.9999984
+CONTROL_TENSOR_NAMES = ("resid_mix", "mixer_scale", "mlp_scale", "q_gain", "alpha", "A_log", ".D", "skip_weights",
+                        "smear", "dt_proj.bias", "conv_bias")
+
+
+def quantize_tensor(w: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    qmax = 2 ** (bits - 1) - 1
+    rows = w.float().reshape(w.size(0), -1)
+    clip = torch.quantile(rows.abs(), CLIP_QUANTILE, dim=1).clamp(min=1e-8)
+    scale = (clip / qmax).half()
+    q = torch.round(rows.clamp(-clip[:, None], clip[:, None]) / scale.float()[:, None]).clamp(-qmax, qmax)
+    return q.to(torch.int8).view(w.shape), scale
+
+
+def quantize_state_dict(state_dict: dict, bits: int) -> dict:
+    packed = {"bits": bits, "quantized": {}, "scales": {}, "kept": {}, "dtypes": {}}
+    for name, tensor in state_dict.items():
+        tensor = tensor.detach().cpu()
+        packed["dtypes"][name] = str(tensor.dtype).removeprefix("torch.")
+        if tensor.is_floating_point() and tensor.numel() > QUANTIZE_MIN_ELEMENTS:
+            packed["quantized"][name], packed["scales"][name] = quantize_tensor(tensor, bits)
+        elif tensor.is_floating_point():
+            is_control = any(key in name for key in CONTROL_TENSOR_NAMES)
+            packed["kept"][name] = tensor.float() if is_control else tensor.half()
+        else:
+            packed["kept"][name] = tensor
+    return packed
+
+
+def dequantize_state_dict(packed: dict) -> dict:
+    out = {}
+    for name, q in packed["quantized"].items():
+        rows = q.float().reshape(q.size(0), -1) * packed["scales"][name].float()[:, None]
+        out[name] = rows.view(q.shape).to(getattr(torch, packed["dtypes"][name]))
+    for name, tensor in packed["kept"].items():
+        out[name] = tensor.to(getattr(torch, packed["dtypes"][name]))
+    return out
+
+
+def pack_artifact(state_dict: dict, bits: int, level: int) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(quantize_state_dict(state_dict, bits), buffer)
+    return zstandard.ZstdCompressor(level=level).compress(buffer.getvalue())
+
+
+def unpack_artifact(blob: bytes) -> dict:
+    raw = zstandard.ZstdDecompressor().decompress(blob)
+    return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu"))
+
+
+def code_bytes() -> int:
+    return len(Path(__file__).read_bytes())
+
+
+def export_artifact(hp: Hyperparameters, run: Run, model: nn.Module) -> dict:
+    """Rank 0 writes the raw EMA weights and the compressed artifact; every rank waits for both."""
+    sizes = {}
+    if run.is_master:
+        torch.save(model.state_dict(), "final_model.pt")
+        blob = pack_artifact(model.state_dict(), hp.quant_bits, hp.zstd_level)
+        Path(hp.artifact).write_bytes(blob)
+        sizes = artifact_sizes(hp.artifact)
+        run.log(f"artifact bytes_code:{sizes['bytes_code']} bytes_model:{sizes['bytes_model']} bytes_total:{sizes['bytes_total']}")
+        if sizes["over_limit"]:
+            run.log(f"WARNING: bytes_total {sizes['bytes_total']} is OVER the {ARTIFACT_LIMIT_BYTES:,}-byte limit")
+    if run.world_size > 1:
+        dist.barrier()
+    return sizes
+
+
+def artifact_sizes(artifact: str) -> dict:
+    model_bytes, script_bytes = Path(artifact).stat().st_size, code_bytes()
+    total = model_bytes + script_bytes
+    return dict(bytes_code=script_bytes, bytes_model=model_bytes, bytes_total=total, over_limit=total > ARTIFACT_LIMIT_BYTES)
+
+
+def load_artifact_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> HymbaGPT:
+    model = build_model(hp, kernels, device)
+    model.load_state_dict(unpack_artifact(Path(hp.artifact).read_bytes()))
+    return model
+
+
+# -----------------------------------------------------------------------------
+# Evaluation
+#
+# BPB = (nats per token / ln 2) * (tokens / bytes), over every target of the validation stream. The
+# stream is cut into windows of train_seq_len (or, with EVAL_STRIDE, overlapping windows that score only
+# their last EVAL_STRIDE targets); ranks take every world_size-th window and sum in float64.
+# A window is (start, length, score_from): inputs tokens[start:start+length], targets one further on,
+# and only targets from index score_from of the window count.
+# -----------------------------------------------------------------------------
+
+
+def make_windows(first_target: int, end_target: int, seq_len: int, stride: int) -> list[tuple[int, int, int]]:
+    """Windows scoring each target index in [first_target, end_target) exactly once, in order."""
+    segment = stride or seq_len
+    windows = []
+    for seg_start in range(first_target, end_target, segment):
+        seg_end = min(seg_start + segment, end_target)
+        start = max(0, seg_end - 1 - seq_len) if stride else seg_start - 1  # with a stride: longest context
+        windows.append((start, seg_end - 1 - start, seg_start - 1 - start))
+    return windows
+
+
+def window_batches(windows: list, batch_seqs: int):
+    """Consecutive windows of equal length, at most batch_seqs at a time (one forward each)."""
+    batch = []
+    for w in windows:
+        if batch and (len(batch) == batch_seqs or w[1] != batch[0][1]):
+            yield batch
+            batch = []
+        batch.append(w)
+    if batch:
+        yield batch
+
+
+def window_tensors(tokens: torch.Tensor, batch: list, device: torch.device):
+    x = torch.stack([tokens[s:s + n] for s, n, _ in batch]).to(device)
+    y = torch.stack([tokens[s + 1:s + n + 1] for s, n, _ in batch]).to(device)
+    return x, y
+
+
+@torch.no_grad()
+def score_windows(model, tokens: torch.Tensor, windows: list, tables: ByteTables, batch_seqs: int, run: Run) -> torch.Tensor:
+    """Sum of (nats, tokens, bytes) over the scored targets of this rank's windows, float64."""
+    totals = torch.zeros(3, dtype=torch.float64, device=run.device)
+    model.eval()
+    for batch in window_batches(windows[run.rank::run.world_size], batch_seqs):
+        x, y = window_tensors(tokens, batch, run.device)
+        with autocast(run.device):
+            nll = model(x, y, reduction="none")
+        for row, (_, _, score_from) in enumerate(batch):
+            totals[0] += nll[row, score_from:].double().sum()
+            totals[1] += y.size(1) - score_from
+            totals[2] += tables.target_bytes(x[row, score_from:], y[row, score_from:]).sum()
+    model.train()
+    return totals
+
+
+def bpb_from_totals(totals: torch.Tensor) -> tuple[float, float]:
+    nats, tokens, nbytes = totals.tolist()
+    return nats / tokens, nats / math.log(2) / nbytes
+
+
+def evaluate_bpb(model, data: Data, hp: Hyperparameters, run: Run) -> tuple[float, float]:
+    windows = make_windows(1, len(data.val_tokens), hp.train_seq_len, hp.eval_stride)
+    totals = score_windows(model, data.val_tokens, windows, data.byte_tables, hp.eval_batch_seqs, run)
+    return bpb_from_totals(run.all_reduce(totals))
+
+
+# -----------------------------------------------------------------------------
+# Score-first test-time training (TTT)
+#
+# The validation stream is cut into chunks. Each chunk is first scored with the current weights, and
+# that score is final; only then does the model train on the chunk (TTT_EPOCHS full-chunk AdamW steps,
+# gradients averaged over ranks), so no token is ever scored by weights that trained on it. Once the
+# evaluation budget would be overrun, adaptation stops and the remaining chunks are only scored.
+# -----------------------------------------------------------------------------
+
+
+def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: Hyperparameters, run: Run) -> None:
+    """One optimizer step per epoch on the mean loss over the chunk's targets (same for any rank count)."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    chunk_tokens = sum(n - f for _, n, f in windows)
+    for _ in range(hp.ttt_epochs):
+        for batch in window_batches(windows[run.rank::run.world_size], hp.ttt_batch_seqs):
+            x, y = window_tensors(tokens, batch, run.device)
+            with autocast(run.device):
+                loss = model(x, y, reduction="none")
+            loss = sum(loss[row, f:].sum() for row, (_, _, f) in enumerate(batch)) / chunk_tokens
+            loss.backward()
+        if run.world_size > 1:
+            for p in params:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_start: float) -> tuple[float, float]:
+    n = len(data.val_tokens)
+    chunk_starts = list(range(1, n, hp.ttt_chunk_tokens))
+    frozen = {f"blocks.{i}." for i in range(hp.ttt_freeze_blocks)}
+    params = [p for name, p in model.named_parameters() if not any(name.startswith(f) for f in frozen)]
+    optimizer = torch.optim.AdamW(params, lr=hp.ttt_lr, betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=0.0)
+    totals = torch.zeros(3, dtype=torch.float64, device=run.device)
+    adapting, score_seconds = True, 0.0
+    for index, first in enumerate(chunk_starts):
+        windows = make_windows(first, min(first + hp.ttt_chunk_tokens, n), hp.train_seq_len, hp.eval_stride)
+        run.sync()
+        t0 = time.perf_counter()
+        totals += score_windows(model, data.val_tokens, windows, data.byte_tables, hp.eval_batch_seqs, run)
+        run.sync()
+        score_seconds += time.perf_counter() - t0
+        remaining = len(chunk_starts) - index - 1
+        if remaining == 0:
+            break
+        if adapting:  # all ranks stop together: the slowest rank's clock decides
+            projected = torch.tensor([time.perf_counter() - eval_start + score_seconds / (index + 1) * remaining],
+                                     device=run.device)
+            adapting = run.all_reduce(projected, dist.ReduceOp.MAX).item() < hp.eval_time_budget
+            if not adapting:
+                run.log(f"ttt: eval time budget {hp.eval_time_budget:.0f}s reached after chunk {index + 1}/{len(chunk_starts)}; "
+                        "scoring the remaining chunks without adaptation")
+        if adapting:
+            for group in optimizer.param_groups:  # cosine decay across chunks
+                group["lr"] = hp.ttt_lr * 0.5 * (1 + math.cos(math.pi * index / max(len(chunk_starts) - 1, 1)))
+            ttt_windows = make_windows(first, min(first + hp.ttt_chunk_tokens, n), hp.train_seq_len, 0)
+            ttt_train_chunk(model, data.val_tokens, ttt_windows, optimizer, hp, run)
+        if (index + 1) % 10 == 0:
+            loss, bpb = bpb_from_totals(run.all_reduce(totals.clone()))
+            run.log(f"ttt_chunk:{index + 1}/{len(chunk_starts)} running_val_bpb:{bpb:.4f} time:{time.perf_counter() - eval_start:.1f}s")
+    return bpb_from_totals(run.all_reduce(totals))
+
+
+def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, kernels: Kernels) -> dict:
+    """Score weights read back from the artifact file: plain roundtrip, then score-first TTT."""
+    eval_start = time.perf_counter()
+    model = load_artifact_model(hp, kernels, run.device)
+    loss, bpb = evaluate_bpb(maybe_compile(model, hp, run.device), data, hp, run)
+    roundtrip_ms = (time.perf_counter() - eval_start) * 1000
+    run.log(f"final_int8_zstd_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{roundtrip_ms:.0f}ms")
+    results = dict(roundtrip_val_loss=loss, roundtrip_val_bpb=bpb, val_loss=loss, val_bpb=bpb, eval_time_s=roundtrip_ms / 1000)
+    if hp.ttt_enabled:
+        t0 = time.perf_counter()
+        loss, bpb = evaluate_with_ttt(maybe_compile(model, hp, run.device), data, hp, run, eval_start)
+        ttt_ms = (time.perf_counter() - t0) * 1000
+        run.log(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{ttt_ms:.0f}ms")
+        results.update(val_loss=loss, val_bpb=bpb, eval_time_s=(roundtrip_ms + ttt_ms) / 1000)
+    return results
+
+
+# -----------------------------------------------------------------------------
+# Training
+#
+# Muon for the 2-D weights of the blocks' linear layers (and the bigram projection); Adam for the
+# embedding, the head, the bigram table and every scalar or control tensor. The learning rate is
+# constant, then decays over the last WARMDOWN_ITERS steps, placed by measured wall-clock so that it
+# reaches zero as the time runs out. An EMA of the weights is what gets exported.
+# -----------------------------------------------------------------------------
+
+
+def build_optimizers(hp: Hyperparameters, model: HymbaGPT, run: Run) -> list[torch.optim.Optimizer]:
+    linear_weights = {id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not model.lm_head}
+    embeddings = [model.tok_emb.weight] + ([model.bigram.table.weight] if model.bigram is not None else [])
+    matrices = [p for p in model.parameters() if id(p) in linear_weights]
+    head = [model.lm_head.weight] if model.lm_head is not None else []
+    taken = {id(p) for p in matrices + embeddings + head}
+    scalars = [p for p in model.parameters() if id(p) not in taken]
+    adam_groups = [dict(params=embeddings, lr=hp.embed_lr), dict(params=scalars, lr=hp.scalar_lr)]
+    if head:
+        adam_groups.append(dict(params=head, lr=hp.head_lr))
+    adam = torch.optim.Adam(adam_groups, betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps,
+                            fused=run.device.type == "cuda")
+    orthogonalize = newton_schulz_orthogonalize
+    if hp.compile and run.device.type == "cuda":
+        orthogonalize = torch.compile(newton_schulz_orthogonalize)
+    muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_backend_steps, hp.weight_decay, run.rank,
+                run.world_size, orthogonalize)
+    for opt in (adam, muon):
+        for group in opt.param_groups:
+            group["base_lr"] = group["lr"]
+    return [adam, muon]
+
+
+def lr_multiplier(step: int, elapsed_ms: float, hp: Hyperparameters) -> float:
+    """1 until the warmdown, then down to 0 at the last step or when the wall-clock runs out."""
+    if hp.warmdown_iters <= 0:
+        return 1.0
+    frac = min(max((hp.iterations - step) / hp.warmdown_iters, 0.0), 1.0)
+    if hp.max_wallclock_seconds > 0 and step > 0:
+        warmdown_ms = hp.warmdown_iters * elapsed_ms / step
+        remaining_ms = max(hp.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
+        frac = min(frac, remaining_ms / warmdown_ms)
+    if hp.warmdown_shape == "linear":
+        return frac
+    return 0.5 * (1 - math.cos(math.pi * frac))
+
+
+def muon_momentum(step: int, hp: Hyperparameters) -> float:
+    frac = min(step / hp.muon_momentum_warmup_steps, 1.0) if hp.muon_momentum_warmup_steps > 0 else 1.0
+    return (1 - frac) * hp.muon_momentum_warmup_start + frac * hp.muon_momentum
+
+
+class EMA:
+    """Exponential moving average of the weights (fp32), updated every `every` steps."""
+
+    def __init__(self, model: nn.Module, decay: float, every: int):
+        self.decay, self.every = decay, every
+        self.shadow = {name: t.detach().float().clone() for name, t in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: nn.Module, step: int) -> None:
+        if self.every > 0 and step % self.every == 0:
+            for name, t in model.state_dict().items():
+                self.shadow[name].lerp_(t.float(), 1 - self.decay)
+
+    def copy_to(self, model: nn.Module) -> None:
+        model.load_state_dict({name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()})
+
+
+def check_batch_shape(hp: Hyperparameters, run: Run) -> int:
+    accum = hp.grad_accum_steps or max(1, 8 // run.world_size)
+    per_micro = hp.train_batch_tokens // (run.world_size * accum)
+    if hp.train_batch_tokens % (run.world_size * accum) or per_micro % hp.train_seq_len or per_micro == 0:
+        raise ConfigError(f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens} does not split into whole sequences of "
+                          f"TRAIN_SEQ_LEN={hp.train_seq_len} over {run.world_size} ranks x {accum} accumulation steps")
+    hp.grad_accum_steps = accum
+    return per_micro
+
+
+def train_step(model, loader: DistributedTokenLoader, optimizers, hp: Hyperparameters, run: Run) -> torch.Tensor:
+    total = torch.zeros((), device=run.device)
+    for micro in range(hp.grad_accum_steps):
+        x, y = loader.next_batch()
+        sync_grads = micro == hp.grad_accum_steps - 1 or not isinstance(model, DistributedDataParallel)
+        with (contextlib.nullcontext() if sync_grads else model.no_sync()), autocast(run.device):
+            loss = model(x, y)
+        (loss / hp.grad_accum_steps).backward()
+        total += loss.detach()
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return total / hp.grad_accum_steps
+
+
+def set_schedule(optimizers, multiplier: float, momentum: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * multiplier
+            if "momentum" in group:
+                group["momentum"] = momentum
+
+
+def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> dict:
+    per_micro = check_batch_shape(hp, run)
+    run.log(f"world_size:{run.world_size} grad_accum_steps:{hp.grad_accum_steps}")
+    run.log(f"model_params:{sum(p.numel() for p in model.parameters())}")
+    compiled = maybe_compile(model, hp, run.device)
+    trainer = DistributedDataParallel(compiled, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
+        if run.world_size > 1 else compiled
+    optimizers = build_optimizers(hp, model, run)
+
+    # Warm-up: compile and exercise every path, then put the weights and optimizer state back.
+    if hp.warmup_steps > 0:
+        initial_model = copy.deepcopy(model.state_dict())
+        initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
+        loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len)
+        for _ in range(hp.warmup_steps):
+            train_step(trainer, loader, optimizers, hp, run)
+        model.load_state_dict(initial_model)
+        for opt, state in zip(optimizers, initial_opts):
+            opt.load_state_dict(state)
+        run.log(f"warmup: {hp.warmup_steps} steps run and undone")
+
+    loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len)
+    ema = EMA(model, hp.ema_decay, hp.ema_every)
+    train_ms, step = 0.0, 0
+    run.sync()
+    t0 = time.perf_counter()
+    while step < hp.iterations:
+        if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
+            run.sync()
+            train_ms += (time.perf_counter() - t0) * 1000
+            loss, bpb = evaluate_bpb(compiled, data, hp, run)
+            run.log(f"step:{step}/{hp.iterations} val_loss:{loss:.4f} val_bpb:{bpb:.4f} train_time:{train_ms:.0f}ms "
+                    f"step_avg:{train_ms / max(step, 1):.2f}ms")
+            run.sync()
+            t0 = time.perf_counter()
+        elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
+        set_schedule(optimizers, lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp))
+        loss = train_step(trainer, loader, optimizers, hp, run)
+        step += 1
+        ema.update(model, step)
+        if step % hp.train_log_every == 0 or step == hp.iterations:
+            elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
+            run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
+                    f"step_avg:{elapsed_ms / step:.2f}ms")
+        out_of_time = torch.tensor(hp.max_wallclock_seconds > 0 and
+                                   train_ms + (time.perf_counter() - t0) * 1000 >= hp.max_wallclock_seconds * 1000,
+                                   device=run.device)
+        if run.all_reduce(out_of_time.int(), dist.ReduceOp.MAX).item():
+            run.log(f"stopping_early: wallclock_cap train_time:{train_ms + (time.perf_counter() - t0) * 1000:.0f}ms "
+                    f"step:{step}/{hp.iterations}")
+            break
+    run.sync()
+    train_ms += (time.perf_counter() - t0) * 1000
+    run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+    if run.device.type == "cuda":
+        run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
+    ema.copy_to(model)
+    loss, bpb = evaluate_bpb(compiled, data, hp, run)
+    run.log(f"final_ema_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
+    return dict(steps=step, train_time_s=train_ms / 1000)
+
+
+# -----------------------------------------------------------------------------
+# Main: the run as its phases
+# -----------------------------------------------------------------------------
+
+
+def write_submission(hp: Hyperparameters, run: Run, kernels: Kernels, sizes: dict, training: dict, results: dict) -> None:
+    if not run.is_master:
+        return
+    summary = dict(results, **sizes, **training, seed=hp.seed, world_size=run.world_size,
+                   device=describe_device(run.device), torch_version=torch.__version__, backends=kernels.names,
+                   data_path=hp.data_path, run_id=hp.run_id, run=hp.run_note)
+    Path("submission.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    run.log(f"wrote submission.json and {run.log_path}")
+
+
+def main() -> None:
+    hp = Hyperparameters.from_env()
+    run = setup_run(hp)
+    data = load_data(hp, run)
+    kernels = select_kernels(hp, run.device)
+    run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
+    training = {}
+    if hp.eval_only:
+        if not Path(hp.artifact).is_file():
+            raise ConfigError(f"ARTIFACT={hp.artifact}: file not found")
+        run.log(f"eval_only: scoring {hp.artifact}")
+    else:
+        model = build_model(hp, kernels, run.device)
+        training = train_model(hp, run, model, data)
+        export_artifact(hp, run, model)
+    sizes = artifact_sizes(hp.artifact)
+    if hp.eval_only:
+        run.log(f"artifact bytes_code:{sizes['bytes_code']} bytes_model:{sizes['bytes_model']} bytes_total:{sizes['bytes_total']}")
+    results = evaluate_artifact(hp, run, data, kernels)
+    write_submission(hp, run, kernels, sizes, training, results)
+    if run.world_size > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
