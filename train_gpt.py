@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import glob
 import io
 import json
@@ -224,23 +225,25 @@ def autocast(device: torch.device):
 # Muon optimizer
 #
 # Muon replaces each 2-D weight's momentum update by the nearest semi-orthogonal matrix, found with a
-# few Newton-Schulz iterations in bf16. Each rank orthogonalises a share of the matrices, and one
-# all-reduce of the flattened updates gives every rank all of them.
+# few Newton-Schulz iterations in bf16. Matrices of one shape are stacked and orthogonalised in one
+# batched call; each rank takes every world_size-th matrix of each shape, and one all-reduce of the
+# flattened updates gives every rank all of them.
 # -----------------------------------------------------------------------------
 
 
 def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
+    """Orthogonalise a matrix, or each matrix of a stack (..., rows, cols)."""
     # quintic iteration with coefficients tuned for fast convergence of the singular values towards 1
     a, b, c = 3.4445, -4.7750, 2.0315
     x = grad.bfloat16()
-    x = x / (x.norm() + 1e-7)
-    transposed = x.size(0) > x.size(1)
+    x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
+    transposed = x.size(-2) > x.size(-1)
     if transposed:
-        x = x.T
+        x = x.mT
     for _ in range(steps):
-        gram = x @ x.T
+        gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
-    return x.T if transposed else x
+    return x.mT if transposed else x
 
 
 class Muon(torch.optim.Optimizer):
@@ -252,29 +255,30 @@ class Muon(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
-            params = group["params"]
+            params, momentum = group["params"], group["momentum"]
             flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
-            offset = 0
+            slices = flat.split([p.numel() for p in params])
+            by_shape: dict[tuple, list[int]] = {}
             for i, p in enumerate(params):
-                if i % self.world_size == self.rank and p.grad is not None:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p.grad)
-                    buf = state["momentum_buffer"]
-                    buf.mul_(group["momentum"]).add_(p.grad)
-                    update = p.grad.add(buf, alpha=group["momentum"])  # Nesterov
-                    update = self.orthogonalize(update, group["backend_steps"])
-                    update = update * max(1.0, p.size(0) / p.size(1)) ** 0.5  # same RMS for tall matrices
-                    flat[offset:offset + p.numel()] = update.flatten()
-                offset += p.numel()
+                by_shape.setdefault(tuple(p.shape), []).append(i)
+            for shape, indices in by_shape.items():
+                mine = indices[self.rank::self.world_size]
+                if not mine:
+                    continue
+                grads = [params[i].grad for i in mine]
+                bufs = [self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(params[i])) for i in mine]
+                torch._foreach_mul_(bufs, momentum)
+                torch._foreach_add_(bufs, grads)
+                nesterov = torch._foreach_add(grads, bufs, alpha=momentum)
+                updates = self.orthogonalize(torch.stack(nesterov), group["backend_steps"])
+                updates = updates * max(1.0, shape[0] / shape[1]) ** 0.5  # same RMS for tall matrices
+                for i, update in zip(mine, updates):
+                    slices[i].copy_(update.flatten())
             if self.world_size > 1:
                 dist.all_reduce(flat)
-            offset = 0
-            for p in params:
-                update = flat[offset:offset + p.numel()].view_as(p).to(p.dtype)
-                p.mul_(1.0 - group["lr"] * group["weight_decay"])  # decoupled weight decay
-                p.add_(update, alpha=-group["lr"])
-                offset += p.numel()
+            updates = [u.view_as(p) for u, p in zip(flat.float().split([p.numel() for p in params]), params)]
+            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+            torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
 # -----------------------------------------------------------------------------
@@ -398,6 +402,7 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
 # -----------------------------------------------------------------------------
 
 
+@torch.compiler.disable  # its Python loops would unroll into a huge graph
 def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
     """Mamba's scan h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t, gated by silu(z).
 
@@ -406,6 +411,11 @@ def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
     a recurrence inside every chunk at once from a zero state, then the chunk-end states carried across
     chunks and added back, decayed, to every position.
     """
+    with torch.autocast(u.device.type, enabled=False):
+        return _selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
+
+
+def _selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
     out_dtype, compute = u.dtype, torch.promote_types(u.dtype, torch.float32)  # at least fp32
     u, delta, A, B, C, D, z, delta_bias = (t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias))
     batch, dim, length = u.shape
@@ -462,22 +472,30 @@ def sliding_window_attention_reference(q, k, v, window: int):
     mask = ((key_pos > query_pos) & (key_pos <= query_pos + window)).expand(blocks, window, 2 * window).clone()
     mask[0, :, :window] = False  # block 0 has no previous block: those keys are padding
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    return out.view(b, h, blocks * window, hd)[:, :, :t].transpose(1, 2)
+    return out.reshape(b, h, blocks * window, hd)[:, :, :t].transpose(1, 2)
 
 
-_flex_block_masks: dict = {}
+@functools.cache
+@torch.compiler.disable
+def flex_sliding_window_mask(t: int, window: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def sliding_causal(_b, _h, q_idx, kv_idx):
+        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
+    return create_block_mask(sliding_causal, None, None, t, t, device=device)
+
+
+@functools.cache
+def compiled_flex_attention():
+    """Flex attention is only fused when compiled; run eagerly it materialises the whole score matrix."""
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
 
 
 def sliding_window_attention_flex(q, k, v, window: int):
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    b, t, h, hd = q.shape
-    key = (t, window, q.device)
-    if key not in _flex_block_masks:
-        def sliding_causal(_b, _h, q_idx, kv_idx):
-            return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-        _flex_block_masks[key] = create_block_mask(sliding_causal, None, None, t, t, device=q.device)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    out = flex_attention(q, k, v, block_mask=_flex_block_masks[key], enable_gqa=True)
+    out = compiled_flex_attention()(q, k, v, block_mask=flex_sliding_window_mask(q.size(2), window, q.device),
+                                    enable_gqa=True)
     return out.transpose(1, 2)
 
 
@@ -638,7 +656,8 @@ class HymbaMixer(nn.Module):
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         k, v = k.view(b, t, self.kv_heads, self.head_dim), v.reshape(b, t, self.kv_heads, self.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        q = q * self.q_gain.to(q.dtype)[:, None]
+        q = (q * self.q_gain.to(q.dtype)[:, None]).to(v.dtype)  # the norms may run in fp32 under autocast
+        k = k.to(v.dtype)
         attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), self.window).reshape(b, t, -1)
 
         xm = self.kernels.conv(xm.transpose(1, 2), self.conv_weight, self.conv_bias)  # (b, inner, t)
@@ -730,7 +749,11 @@ def build_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> 
 
 
 def maybe_compile(module, hp: Hyperparameters, device: torch.device):
-    return torch.compile(module, dynamic=False) if hp.compile and device.type == "cuda" else module
+    if not (hp.compile and device.type == "cuda"):
+        return module
+    # one graph per shape (train, eval batch, tail window, TTT): more than dynamo's default of 8
+    torch._dynamo.config.cache_size_limit = 64
+    return torch.compile(module, dynamic=False)
 
 
 # -----------------------------------------------------------------------------
@@ -1029,7 +1052,7 @@ def muon_momentum(step: int, hp: Hyperparameters) -> float:
 
 
 class EMA:
-    """Exponential moving average of the weights (fp32), updated every `every` steps."""
+    """Exponential moving average of the weights (fp32) with `decay` per step, applied every `every` steps."""
 
     def __init__(self, model: nn.Module, decay: float, every: int):
         self.decay, self.every = decay, every
@@ -1039,7 +1062,7 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         if self.every > 0 and step % self.every == 0:
             for name, t in model.state_dict().items():
-                self.shadow[name].lerp_(t.float(), 1 - self.decay)
+                self.shadow[name].lerp_(t.float(), 1 - self.decay ** self.every)
 
     def copy_to(self, model: nn.Module) -> None:
         model.load_state_dict({name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()})

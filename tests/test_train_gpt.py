@@ -357,8 +357,8 @@ def test_ema_is_an_exponential_average_every_n_steps():
         if step % 2 == 0:
             values.append(float(step))
     expected = 0.0
-    for v in values:
-        expected = 0.9 * expected + 0.1 * v
+    for v in values:  # the decay is per step: two steps between updates
+        expected = 0.81 * expected + 0.19 * v
     ema.copy_to(model)
     assert model.weight[0, 0].item() == pytest.approx(expected)
 
@@ -369,6 +369,26 @@ def test_muon_orthogonalizes():
     x = tg.newton_schulz_orthogonalize(g, steps=5).float()
     singular = torch.linalg.svdvals(x)
     assert singular.min() > 0.5 and singular.max() < 1.5
+
+
+def test_muon_step_matches_a_plain_per_matrix_update():
+    torch.manual_seed(0)
+    shapes = [(16, 8), (16, 8), (8, 24), (16, 8)]
+    params = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    copies = [p.detach().clone() for p in params]
+    opt = tg.Muon(params, lr=0.1, momentum=0.9, backend_steps=5, weight_decay=0.5)
+    bufs = [torch.zeros_like(c) for c in copies]
+    for _ in range(3):
+        grads = [torch.randn_like(c) for c in copies]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        for i, (c, g) in enumerate(zip(copies, grads)):
+            bufs[i] = 0.9 * bufs[i] + g
+            update = tg.newton_schulz_orthogonalize(g + 0.9 * bufs[i], 5).float() * max(1.0, c.size(0) / c.size(1)) ** 0.5
+            copies[i] = c * (1 - 0.1 * 0.5) - 0.1 * update
+    for p, c in zip(params, copies):
+        torch.testing.assert_close(p.detach(), c, atol=2e-2, rtol=0)  # batched bf16 matmuls may round differently
 
 
 def test_hyperparameters_from_env():

@@ -1,0 +1,159 @@
+"""Time train_gpt.py's hot paths on one GPU at the record's per-GPU shape, and project the 8-GPU record.
+
+    python benchmark.py                 # the backends train_gpt.py would pick (env vars as for training)
+    python benchmark.py --ablate        # then again with each fast backend switched off, one at a time
+    python benchmark.py --profile       # and print the CUDA kernels that take the training step's time
+
+Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
+and Adam, EMA amortised over EMA_EVERY), the TTT step (forward, backward, AdamW on this GPU's share of
+a chunk) and the scoring pass. Random tokens: the work per step does not depend on the data.
+Communication between GPUs is not measured; the projections assume every GPU does this GPU's work.
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import statistics
+
+import torch
+
+import train_gpt as tg
+
+PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, the datasheet figure
+FINEWEB_VAL_TOKENS = 62_021_846
+RECORD_GPUS = 8
+
+
+class FixedBatch:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def next_batch(self):
+        return self.x, self.y
+
+
+def median_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def flops_per_token(hp: tg.Hyperparameters, model: tg.HymbaGPT) -> float:
+    """Forward+backward: 6 per weight of every matmul, plus attention's scores and values over the window."""
+    matmul_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    attention = 4 * min(hp.sliding_window, hp.train_seq_len) * hp.model_dim * hp.num_layers
+    return 6 * matmul_weights + 3 * attention
+
+
+def profile_train_step(train_step, steps: int = 3) -> str:
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            train_step()
+        torch.cuda.synchronize()
+    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+
+
+def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False) -> dict:
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    kernels = tg.select_kernels(hp, device)
+    model = tg.build_model(hp, kernels, device)
+    compiled = tg.maybe_compile(model, hp, device)
+    run = tg.Run(0, 1, device, None)
+    hp.grad_accum_steps = 1
+    x = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
+    y = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
+    optimizers = tg.build_optimizers(hp, model, run)
+    ema = tg.EMA(model, hp.ema_decay, 1)
+    loader = FixedBatch(x, y)
+
+    def train_step():
+        tg.train_step(compiled, loader, optimizers, hp, run)
+
+    torch.cuda.reset_peak_memory_stats()
+    train_ms = median_ms(train_step, warmup, iters)
+    peak_gib = torch.cuda.max_memory_allocated() / 2**30
+    if profile:
+        print(profile_train_step(train_step), flush=True)
+    ema_ms = median_ms(lambda: ema.update(model, 1), 2, 5) / max(hp.ema_every, 1)
+
+    ttt_opt = torch.optim.AdamW(model.parameters(), lr=hp.ttt_lr, weight_decay=0.0)
+
+    def ttt_step():
+        with tg.autocast(device):
+            loss = compiled(x, y)
+        loss.backward()
+        ttt_opt.step()
+        ttt_opt.zero_grad(set_to_none=True)
+
+    ttt_ms = median_ms(ttt_step, warmup, iters)
+
+    @torch.no_grad()
+    def score():
+        with tg.autocast(device):
+            compiled(x, y, reduction="none")
+
+    score_ms = median_ms(score, warmup, iters)
+
+    tokens = seqs * hp.train_seq_len
+    step_ms = train_ms + ema_ms
+    chunks = math.ceil((FINEWEB_VAL_TOKENS - 1) / hp.ttt_chunk_tokens)
+    per_gpu_chunk_scale = hp.ttt_chunk_tokens / RECORD_GPUS / tokens  # this GPU's share of a chunk, in benchmark batches
+    ttt_eval_s = chunks * per_gpu_chunk_scale * (score_ms + hp.ttt_epochs * ttt_ms) / 1000
+    return dict(backends=kernels.names, compile=hp.compile, train_step_ms=round(step_ms, 2),
+                tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
+                mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
+                ttt_step_ms=round(ttt_ms, 2), score_ms=round(score_ms, 2),
+                projected_steps_600s=int(600_000 / step_ms), projected_ttt_eval_s=round(ttt_eval_s, 1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seqs", type=int, default=2, help="sequences per GPU per step (record: 2 of 32768)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=15)
+    parser.add_argument("--ablate", action="store_true", help="also time with each fast backend switched off")
+    parser.add_argument("--profile", action="store_true", help="print where the first configuration's step goes")
+    parser.add_argument("--json", help="write the results here too")
+    args = parser.parse_args()
+    hp = tg.Hyperparameters.from_env()
+    configs = [hp]
+    if args.ablate:
+        chosen = tg.select_kernels(hp, torch.device("cuda")).names
+        for op, name in chosen.items():
+            if name != "reference":
+                configs.append(dataclasses.replace(hp, **{f"{op}_backend": "reference"}))
+        if hp.compile:
+            configs.append(dataclasses.replace(hp, compile=False))
+    rows = []
+    for i, config in enumerate(configs):
+        result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0)
+        rows.append(result)
+        print(json.dumps(result), flush=True)
+        torch.cuda.empty_cache()
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.seqs}x{hp.train_seq_len} tokens per step")
+    header = "| scan | conv | attn | compile | train step ms | tokens/s | peak GiB | MFU | TTT step ms | score ms | steps in 600 s | TTT eval s (8 GPUs) |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    for r in rows:
+        b = r["backends"]
+        print(f"| {b['scan']} | {b['conv']} | {b['attn']} | {int(r['compile'])} | {r['train_step_ms']} | {r['tokens_per_s']:,} | "
+              f"{r['peak_gib']} | {r['mfu']:.1%} | {r['ttt_step_ms']} | {r['score_ms']} | {r['projected_steps_600s']} | "
+              f"{r['projected_ttt_eval_s']} |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Fast CUDA backends against the pure-PyTorch reference, at a real shape (skipped without a GPU or package)."""
+import importlib
+
+import pytest
+import torch
+
+import train_gpt as tg
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def needs(module):
+    try:
+        importlib.import_module(module)
+        return pytest.mark.skipif(False, reason="")
+    except Exception:
+        return pytest.mark.skip(reason=f"{module} is not installed")
+
+
+def assert_close_bf16(fast, ref, what):
+    """Relative error of the whole tensor, as bf16 arithmetic allows."""
+    err = (fast.float() - ref.float()).norm() / ref.float().norm().clamp(min=1e-12)
+    assert err < 2e-2, f"{what}: relative error {err:.3g}"
+
+
+def compare(fast_fn, ref_fn, inputs, what):
+    outs = []
+    for fn in (fast_fn, ref_fn):
+        leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+        out = fn(**leaves)
+        grads = torch.autograd.grad((out.float() * torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out)).sum(),
+                                    [v for v in leaves.values() if v.requires_grad])
+        outs.append((out, grads))
+    assert_close_bf16(outs[0][0], outs[1][0], f"{what} output")
+    names = [k for k, v in inputs.items() if v.is_floating_point()]
+    for name, g_fast, g_ref in zip(names, outs[0][1], outs[1][1]):
+        assert_close_bf16(g_fast, g_ref, f"{what} gradient of {name}")
+
+
+B, T, DIM, INNER, N, HEADS, KV, HD, W = 2, 4096, 512, 512, 4, 8, 4, 64, 1024
+
+
+@cuda
+@needs("mamba_ssm")
+def test_mamba_ssm_scan_matches_reference():
+    torch.manual_seed(0)
+    dev = "cuda"
+    inputs = dict(u=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16),
+                  delta=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16) * 0.5 - 2,
+                  A=-torch.arange(1, N + 1, device=dev, dtype=torch.float32).repeat(INNER, 1),
+                  B=torch.randn(B, N, T, device=dev, dtype=torch.bfloat16),
+                  C=torch.randn(B, N, T, device=dev, dtype=torch.bfloat16),
+                  D=torch.ones(INNER, device=dev), z=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16),
+                  delta_bias=torch.rand(INNER, device=dev) * -3)
+    compare(tg.selective_scan_mamba_ssm, tg.selective_scan_reference, inputs, "selective scan")
+
+
+@cuda
+@needs("causal_conv1d")
+def test_causal_conv1d_matches_reference():
+    torch.manual_seed(0)
+    inputs = dict(x=torch.randn(B, INNER, T, device="cuda", dtype=torch.bfloat16),
+                  weight=torch.randn(INNER, 4, device="cuda") * 0.5, bias=torch.randn(INNER, device="cuda") * 0.1)
+    compare(tg.causal_conv1d_cuda, tg.causal_conv1d_reference, inputs, "causal conv1d")
+
+
+def attention_inputs():
+    torch.manual_seed(0)
+    return dict(q=torch.randn(B, T, HEADS, HD, device="cuda", dtype=torch.bfloat16),
+                k=torch.randn(B, T, KV, HD, device="cuda", dtype=torch.bfloat16),
+                v=torch.randn(B, T, KV, HD, device="cuda", dtype=torch.bfloat16))
+
+
+@cuda
+def test_flex_attention_matches_reference():
+    compare(lambda **kw: tg.sliding_window_attention_flex(**kw, window=W),
+            lambda **kw: tg.sliding_window_attention_reference(**kw, window=W), attention_inputs(), "flex attention")
+
+
+@cuda
+@needs("flash_attn")
+def test_flash_attention_matches_reference():
+    compare(lambda **kw: tg.sliding_window_attention_flash(**kw, window=W),
+            lambda **kw: tg.sliding_window_attention_reference(**kw, window=W), attention_inputs(), "flash attention")
+
+
+@cuda
+def test_full_model_fast_path_matches_reference():
+    hp = tg.Hyperparameters(train_seq_len=T)
+    fast = tg.select_kernels(hp, torch.device("cuda"))
+    if set(fast.names.values()) == {"reference"}:
+        pytest.skip("no fast backend is installed")
+    ref = tg.select_kernels(tg.Hyperparameters(scan_backend="reference", conv_backend="reference",
+                                               attn_backend="reference"), torch.device("cuda"))
+    torch.manual_seed(0)
+    model = tg.HymbaGPT(hp, ref).cuda()
+    with torch.no_grad():  # wake the zero-initialised projections so every path carries signal
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and p.abs().sum() == 0:
+                p.normal_(0, 0.02)
+    x = torch.randint(0, hp.vocab_size, (B, T), device="cuda")
+    results = []
+    for kernels in (fast, ref):
+        for block in model.blocks:
+            block.mixer.kernels = kernels
+        model.zero_grad()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(x, x.roll(-1, 1))
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert abs(results[0][0].item() - results[1][0].item()) < 2e-2 * results[1][0].item()
+    for name in results[1][1]:
+        assert_close_bf16(results[0][1][name], results[1][1][name], f"gradient of {name}")
