@@ -475,8 +475,8 @@ def sliding_window_attention_reference(q, k, v, window: int):
     return out.reshape(b, h, blocks * window, hd)[:, :, :t].transpose(1, 2)
 
 
+@torch.compiler.disable  # outermost, so that compiled code calls the cached function, not its body
 @functools.cache
-@torch.compiler.disable
 def flex_sliding_window_mask(t: int, window: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
 
