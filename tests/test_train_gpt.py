@@ -397,3 +397,21 @@ def test_hyperparameters_from_env():
     assert tg.Hyperparameters().train_seq_len == 32768 and tg.Hyperparameters().sliding_window == 1024
     with pytest.raises(tg.ConfigError, match="NUM_LAYERS"):
         tg.Hyperparameters.from_env({"NUM_LAYERS": "eight"})
+
+
+def test_records_tool_reads_the_real_log(tiny_run, tmp_path):
+    cwd, result = tiny_run
+    ttt = final_line(result.stdout, "legal_ttt_exact")
+    table = subprocess.run([sys.executable, str(ROOT / "records.py"), "table", str(cwd / "logs/tiny.txt")],
+                           capture_output=True, text=True)
+    assert table.returncode == 0, table.stderr
+    assert ttt["val_bpb"][:8] in table.stdout and "7" in table.stdout  # the run's result and seed
+    folder = tmp_path / "record"
+    made = subprocess.run([sys.executable, str(ROOT / "records.py"), "folder", str(cwd / "logs/tiny.txt"), "--out",
+                           str(folder), "--script", str(ROOT / "train_gpt.py"), "--requirements",
+                           str(ROOT / "requirements.txt"), "--name", "tiny", "--author", "ci", "--github-id", "ci",
+                           "--blurb", "tiny CPU run"], capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    summary = json.loads((folder / "submission.json").read_text())
+    assert summary["val_bpb"] == pytest.approx(float(ttt["val_bpb"]), abs=1e-7)
+    assert (folder / "train_gpt.py").read_bytes() == (ROOT / "train_gpt.py").read_bytes()
