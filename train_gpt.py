@@ -327,15 +327,25 @@ class TokenStream:
             n -= len(piece)
         return np.concatenate(pieces)
 
+    def take_span(self, n: int) -> np.ndarray:
+        """n + 1 tokens, advancing by n: a span's last token (only a target) is the next span's first input."""
+        span = self.take(n + 1)
+        self.pos -= 1  # that token came from the current shard, so pos >= 1
+        return span
+
 
 class DistributedTokenLoader:
-    """Each call yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len)."""
+    """Each call yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len).
+
+    Micro-step m of rank r reads the tokens from (m * world_size + r) * tokens_per_rank on, so a step's
+    global batch is the same for every split of it into ranks and accumulation steps.
+    """
 
     def __init__(self, paths: list[Path], run: Run, tokens_per_rank: int, seq_len: int):
         self.stream, self.run, self.tokens_per_rank, self.seq_len = TokenStream(paths), run, tokens_per_rank, seq_len
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        span = self.stream.take(self.tokens_per_rank * self.run.world_size + 1)
+        span = self.stream.take_span(self.tokens_per_rank * self.run.world_size)
         start = self.run.rank * self.tokens_per_rank
         local = torch.from_numpy(span[start:start + self.tokens_per_rank + 1].astype(np.int64))
         x = local[:-1].view(-1, self.seq_len).to(self.run.device, non_blocking=True)
