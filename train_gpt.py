@@ -5,10 +5,11 @@ Every block runs Mamba (a selective state-space scan) and sliding-window attenti
 same input. Both cost linear time in the sequence length, so the model trains at 32,768-token context.
 The run reads as its phases, each a function named for it:
 
-    setup_run -> load_data -> build_model -> train_model -> export_artifact -> evaluate_artifact
+    setup_run -> validate_setup -> load_data -> build_model -> train_model -> export_artifact -> evaluate_artifact
 
 Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (any GPU count; CPU works for tiny
 configurations). Every setting is an environment variable; the defaults are the record's configuration.
+A bad setting or input file stops the run in its first seconds with one line `error: ...` (exit code 2).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import io
 import json
 import math
 import os
+import signal
 import sys
 import time
 import uuid
@@ -141,7 +143,55 @@ class Hyperparameters:
                     values[field.name] = kind(raw)
             except ValueError:
                 raise ConfigError(f"{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
-        return cls(**values)
+        hp = cls(**values)
+        hp.check()
+        return hp
+
+    def check(self) -> None:
+        """Every number finite and within its field's limits (LIMITS), and the model's shapes consistent."""
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            test, wanted = LIMITS.get(field.name, (lambda v, hp: True, ""))
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{field.name.upper()}={value!r} must be a finite number")
+            if not test(value, self):
+                raise ConfigError(f"{field.name.upper()}={value!r} must be {wanted.format(hp=self)}")
+        if self.model_dim % self.num_heads or self.num_heads % self.num_kv_heads or self.model_dim // self.num_heads % 2:
+            raise ConfigError(f"MODEL_DIM={self.model_dim}, NUM_HEADS={self.num_heads}, NUM_KV_HEADS={self.num_kv_heads}: "
+                              "heads must divide the width into even head sizes (rotary), KV heads must divide heads")
+
+
+# Limits of the settings: (test of the value and the whole configuration, what it must be). A 0 that has
+# a meaning (see the field's comment) is allowed; elsewhere sizes and counts are at least 1. Settings not
+# listed take any finite value.
+AT_LEAST_0 = (lambda v, hp: v >= 0, ">= 0")
+AT_LEAST_1 = (lambda v, hp: v >= 1, ">= 1")
+DECAY = (lambda v, hp: 0 <= v < 1, "in [0, 1)")
+
+
+def within(low, high, shown=None):
+    return lambda v, hp: low <= v <= (high(hp) if callable(high) else high), f"in {low}..{shown or high}"
+
+
+LIMITS = {
+    **dict.fromkeys(("num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "sliding_window", "hymba_expand",
+                     "hymba_ssm_state", "hymba_conv_kernel", "bigram_buckets", "bigram_hash_dim", "train_seq_len",
+                     "train_batch_tokens", "iterations", "muon_backend_steps", "ema_every", "train_log_every",
+                     "eval_batch_seqs", "ttt_epochs", "ttt_chunk_tokens", "ttt_batch_seqs"), AT_LEAST_1),
+    **dict.fromkeys(("hymba_dt_rank", "grad_accum_steps", "warmup_steps", "warmdown_iters", "max_wallclock_seconds",
+                     "matrix_lr", "scalar_lr", "embed_lr", "head_lr", "weight_decay", "adam_eps",
+                     "muon_momentum_warmup_steps", "val_loss_every", "eval_time_budget", "ttt_lr"), AT_LEAST_0),
+    **dict.fromkeys(("adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_warmup_start", "ema_decay"), DECAY),
+    "vocab_size": within(1, 65536),  # tokens are stored as uint16
+    "seed": within(0, 2**32 - 1),  # numpy's seed range
+    "logit_softcap": (lambda v, hp: v > 0, "> 0"),
+    "rope_base": (lambda v, hp: v > 0, "> 0"),
+    "warmdown_shape": (lambda v, hp: v in ("linear", "cosine"), "linear or cosine"),
+    "quant_bits": within(2, 8),
+    "zstd_level": within(1, 22),
+    "eval_stride": within(0, lambda hp: hp.train_seq_len, "TRAIN_SEQ_LEN={hp.train_seq_len}"),
+    "ttt_freeze_blocks": within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"),
+}
 
 
 # -----------------------------------------------------------------------------
@@ -287,12 +337,15 @@ class Muon(torch.optim.Optimizer):
 # Shards: 256 little-endian int32 of header (magic, version, token count), then uint16 tokens. The
 # training stream reads shards in order and wraps; each step every rank takes its own slice of the
 # same global span, so ranks never see the same tokens. Validation is the whole fineweb_val_* stream.
+# Every shard's header and size are checked before training; its tokens (< VOCAB_SIZE) when it loads, as
+# reading all 80 train shards (16 GB) up front would take minutes.
 # -----------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
 
 
-def load_shard(path: Path) -> np.ndarray:
+def shard_token_count(path: Path) -> int:
+    """The token count in a shard's header, once the magic, version and file size agree with it."""
     header = np.fromfile(path, dtype="<i4", count=SHARD_HEADER_INTS)
     if header.size != SHARD_HEADER_INTS or header[0] != SHARD_MAGIC or header[1] != SHARD_VERSION:
         raise ConfigError(f"{path}: not a token shard (bad header magic or version)")
@@ -300,7 +353,15 @@ def load_shard(path: Path) -> np.ndarray:
     expected = SHARD_HEADER_INTS * 4 + count * 2
     if path.stat().st_size != expected:
         raise ConfigError(f"{path}: size {path.stat().st_size} bytes, header says {count} tokens ({expected} bytes)")
-    return np.fromfile(path, dtype="<u2", count=count, offset=SHARD_HEADER_INTS * 4)
+    return count
+
+
+def load_shard(path: Path, vocab_size: int) -> np.ndarray:
+    tokens = np.fromfile(path, dtype="<u2", count=shard_token_count(path), offset=SHARD_HEADER_INTS * 4)
+    if len(tokens) and tokens.max() >= vocab_size:  # one pass, fast next to reading the file
+        position = int(np.argmax(tokens >= vocab_size))
+        raise ConfigError(f"{path}: token {tokens[position]} at position {position} is not below VOCAB_SIZE={vocab_size}")
+    return tokens
 
 
 def shard_paths(data_path: str, split: str) -> list[Path]:
@@ -311,31 +372,44 @@ def shard_paths(data_path: str, split: str) -> list[Path]:
 
 
 class TokenStream:
-    def __init__(self, paths: list[Path]):
-        self.paths, self.file_index, self.pos = paths, 0, 0
-        self.tokens = load_shard(paths[0])
+    """The train shards in order, wrapping; a shard's tokens are checked against the vocabulary when it loads."""
+
+    def __init__(self, paths: list[Path], vocab_size: int):
+        self.paths, self.vocab_size, self.file_index, self.pos = paths, vocab_size, 0, 0
+        self.tokens = load_shard(paths[0], vocab_size)
 
     def take(self, n: int) -> np.ndarray:
         pieces = []
         while n > 0:
             if self.pos == len(self.tokens):
                 self.file_index = (self.file_index + 1) % len(self.paths)
-                self.tokens, self.pos = load_shard(self.paths[self.file_index]), 0
+                self.tokens, self.pos = load_shard(self.paths[self.file_index], self.vocab_size), 0
             piece = self.tokens[self.pos:self.pos + n]
             pieces.append(piece)
             self.pos += len(piece)
             n -= len(piece)
         return np.concatenate(pieces)
 
+    def take_span(self, n: int) -> np.ndarray:
+        """n + 1 tokens, advancing by n: a span's last token (only a target) is the next span's first input."""
+        span = self.take(n + 1)
+        self.pos -= 1  # that token came from the current shard, so pos >= 1
+        return span
+
 
 class DistributedTokenLoader:
-    """Each call yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len)."""
+    """Each call yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len).
 
-    def __init__(self, paths: list[Path], run: Run, tokens_per_rank: int, seq_len: int):
-        self.stream, self.run, self.tokens_per_rank, self.seq_len = TokenStream(paths), run, tokens_per_rank, seq_len
+    Micro-step m of rank r reads the tokens from (m * world_size + r) * tokens_per_rank on, so a step's
+    global batch is the same for every split of it into ranks and accumulation steps.
+    """
+
+    def __init__(self, paths: list[Path], run: Run, tokens_per_rank: int, seq_len: int, vocab_size: int):
+        self.stream, self.run = TokenStream(paths, vocab_size), run
+        self.tokens_per_rank, self.seq_len = tokens_per_rank, seq_len
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        span = self.stream.take(self.tokens_per_rank * self.run.world_size + 1)
+        span = self.stream.take_span(self.tokens_per_rank * self.run.world_size)
         start = self.run.rank * self.tokens_per_rank
         local = torch.from_numpy(span[start:start + self.tokens_per_rank + 1].astype(np.int64))
         x = local[:-1].view(-1, self.seq_len).to(self.run.device, non_blocking=True)
@@ -381,12 +455,8 @@ class Data:
 
 
 def load_data(hp: Hyperparameters, run: Run) -> Data:
-    if not Path(hp.tokenizer_path).is_file():
-        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path}: file not found")
     sp = spm.SentencePieceProcessor(model_file=hp.tokenizer_path)
-    if sp.get_piece_size() != hp.vocab_size:
-        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path} has {sp.get_piece_size()} pieces, VOCAB_SIZE={hp.vocab_size}")
-    val = np.concatenate([load_shard(p) for p in shard_paths(hp.data_path, "val")])
+    val = np.concatenate([load_shard(p, hp.vocab_size) for p in shard_paths(hp.data_path, "val")])
     train_paths = [] if hp.eval_only else shard_paths(hp.data_path, "train")
     run.log(f"val_tokens:{len(val)} train_shards:{len(train_paths)} tokenizer:{hp.tokenizer_path}")
     return Data(torch.from_numpy(val.astype(np.int64)), build_byte_tables(sp, hp.vocab_size, run.device), train_paths)
@@ -703,9 +773,6 @@ class Block(nn.Module):
 class HymbaGPT(nn.Module):
     def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
-        if hp.model_dim % hp.num_heads or hp.num_heads % hp.num_kv_heads:
-            raise ConfigError(f"MODEL_DIM={hp.model_dim}, NUM_HEADS={hp.num_heads}, NUM_KV_HEADS={hp.num_kv_heads}: "
-                              "heads must divide the width and KV heads must divide heads")
         self.softcap = hp.logit_softcap
         self.tok_emb = nn.Embedding(hp.vocab_size, hp.model_dim)
         self.bigram = BigramHash(hp.vocab_size, hp.bigram_buckets, hp.bigram_hash_dim, hp.model_dim) if hp.use_bigram_hash else None
@@ -820,14 +887,13 @@ def code_bytes() -> int:
     return len(Path(__file__).read_bytes())
 
 
-def export_artifact(hp: Hyperparameters, run: Run, model: nn.Module) -> dict:
-    """Rank 0 writes the raw EMA weights and the compressed artifact; every rank waits for both."""
+def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str, raw: dict, raw_path: str) -> dict:
+    """Rank 0 writes `raw` with torch.save (first, as it is quick), then `weights` compressed; every rank waits."""
     sizes = {}
     if run.is_master:
-        torch.save(model.state_dict(), "final_model.pt")
-        blob = pack_artifact(model.state_dict(), hp.quant_bits, hp.zstd_level)
-        Path(hp.artifact).write_bytes(blob)
-        sizes = artifact_sizes(hp.artifact)
+        torch.save(raw, raw_path)
+        Path(artifact).write_bytes(pack_artifact(weights, hp.quant_bits, hp.zstd_level))
+        sizes = artifact_sizes(artifact)
         run.log(f"artifact bytes_code:{sizes['bytes_code']} bytes_model:{sizes['bytes_model']} bytes_total:{sizes['bytes_total']}")
         if sizes["over_limit"]:
             run.log(f"WARNING: bytes_total {sizes['bytes_total']} is OVER the {ARTIFACT_LIMIT_BYTES:,}-byte limit")
@@ -995,6 +1061,7 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, kernels: Kernel
         loss, bpb = evaluate_with_ttt(maybe_compile(model, hp, run.device), data, hp, run, eval_start)
         ttt_ms = (time.perf_counter() - t0) * 1000
         run.log(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{ttt_ms:.0f}ms")
+        check_ranks_agree(run, model, "after TTT")
         results.update(val_loss=loss, val_bpb=bpb, eval_time_s=(roundtrip_ms + ttt_ms) / 1000)
     return results
 
@@ -1064,18 +1131,69 @@ class EMA:
             for name, t in model.state_dict().items():
                 self.shadow[name].lerp_(t.float(), 1 - self.decay ** self.every)
 
+    def weights(self, model: nn.Module) -> dict:
+        """The average as a state dict of the model's dtypes."""
+        return {name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()}
+
     def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict({name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()})
+        model.load_state_dict(self.weights(model))
 
 
-def check_batch_shape(hp: Hyperparameters, run: Run) -> int:
+def check_batch_shape(hp: Hyperparameters, run: Run) -> None:
+    """Resolve GRAD_ACCUM_STEPS; each rank's micro-batch must be whole sequences."""
     accum = hp.grad_accum_steps or max(1, 8 // run.world_size)
     per_micro = hp.train_batch_tokens // (run.world_size * accum)
     if hp.train_batch_tokens % (run.world_size * accum) or per_micro % hp.train_seq_len or per_micro == 0:
         raise ConfigError(f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens} does not split into whole sequences of "
                           f"TRAIN_SEQ_LEN={hp.train_seq_len} over {run.world_size} ranks x {accum} accumulation steps")
     hp.grad_accum_steps = accum
-    return per_micro
+
+
+class RunStopped(Exception):
+    """Training ended early (a signal, a non-finite loss) or ranks disagree: one line, then exit_code."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class StopSignal:
+    """During training, SIGTERM or SIGINT sets `name` rather than killing the process, and the loop stops
+    at the end of the step. Repeats are ignored: after Ctrl-C, torchrun sends every worker the signal
+    again, then SIGKILL 30 s later (so the raw weights, quick to write, are saved first)."""
+
+    def __enter__(self) -> "StopSignal":
+        self.name = ""
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
+        return self
+
+    def handle(self, signum, _frame) -> None:
+        self.name = self.name or signal.Signals(signum).name
+
+    def __exit__(self, *_) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def save_stopped_run(hp: Hyperparameters, run: Run, label: str, weights: dict, raw: dict) -> str:
+    """Save the weights of a run that stops early as an artifact EVAL_ONLY=1 can score; say where and how."""
+    artifact = f"{label}_model.int8.ptz"
+    export_artifact(hp, run, weights, artifact, raw, f"{label}_model.pt")
+    return (f"saved the EMA weights to {artifact} (raw state: {label}_model.pt); score them with "
+            f"EVAL_ONLY=1 ARTIFACT={artifact} and the same settings")
+
+
+def check_ranks_agree(run: Run, model: nn.Module, when: str) -> None:
+    """Every rank must hold the same weights: per-tensor checksums, their max and min over ranks in one all-reduce."""
+    if run.world_size == 1:
+        return
+    names, params = zip(*model.named_parameters())
+    with torch.no_grad():
+        sums = torch.stack([torch.stack((p.double().sum(), p.double().square().sum())) for p in params])
+    extremes = run.all_reduce(torch.stack((sums, -sums)), dist.ReduceOp.MAX)
+    differ = [name for name, same in zip(names, (extremes[0] == -extremes[1]).all(dim=1).tolist()) if not same]
+    if differ:
+        raise RunStopped(f"ranks hold different weights {when}: {len(differ)} tensors differ, first {differ[0]}", 3)
 
 
 def train_step(model, loader: DistributedTokenLoader, optimizers, hp: Hyperparameters, run: Run) -> torch.Tensor:
@@ -1102,7 +1220,7 @@ def set_schedule(optimizers, multiplier: float, momentum: float) -> None:
 
 
 def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> dict:
-    per_micro = check_batch_shape(hp, run)
+    per_micro = hp.train_batch_tokens // (run.world_size * hp.grad_accum_steps)  # whole sequences: validate_setup
     run.log(f"world_size:{run.world_size} grad_accum_steps:{hp.grad_accum_steps}")
     run.log(f"model_params:{sum(p.numel() for p in model.parameters())}")
     compiled = maybe_compile(model, hp, run.device)
@@ -1114,7 +1232,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> d
     if hp.warmup_steps > 0:
         initial_model = copy.deepcopy(model.state_dict())
         initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
-        loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len)
+        loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
         for _ in range(hp.warmup_steps):
             train_step(trainer, loader, optimizers, hp, run)
         model.load_state_dict(initial_model)
@@ -1122,36 +1240,54 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> d
             opt.load_state_dict(state)
         run.log(f"warmup: {hp.warmup_steps} steps run and undone")
 
-    loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len)
+    loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
     ema = EMA(model, hp.ema_decay, hp.ema_every)
     train_ms, step = 0.0, 0
     run.sync()
     t0 = time.perf_counter()
-    while step < hp.iterations:
-        if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
-            run.sync()
-            train_ms += (time.perf_counter() - t0) * 1000
-            loss, bpb = evaluate_bpb(compiled, data, hp, run)
-            run.log(f"step:{step}/{hp.iterations} val_loss:{loss:.4f} val_bpb:{bpb:.4f} train_time:{train_ms:.0f}ms "
-                    f"step_avg:{train_ms / max(step, 1):.2f}ms")
-            run.sync()
-            t0 = time.perf_counter()
-        elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-        set_schedule(optimizers, lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp))
-        loss = train_step(trainer, loader, optimizers, hp, run)
-        step += 1
-        ema.update(model, step)
-        if step % hp.train_log_every == 0 or step == hp.iterations:
+    with StopSignal() as stop_signal:
+        while step < hp.iterations:
+            if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
+                run.sync()
+                train_ms += (time.perf_counter() - t0) * 1000
+                loss, bpb = evaluate_bpb(compiled, data, hp, run)
+                run.log(f"step:{step}/{hp.iterations} val_loss:{loss:.4f} val_bpb:{bpb:.4f} train_time:{train_ms:.0f}ms "
+                        f"step_avg:{train_ms / max(step, 1):.2f}ms")
+                run.sync()
+                t0 = time.perf_counter()
             elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-            run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
-                    f"step_avg:{elapsed_ms / step:.2f}ms")
-        out_of_time = torch.tensor(hp.max_wallclock_seconds > 0 and
-                                   train_ms + (time.perf_counter() - t0) * 1000 >= hp.max_wallclock_seconds * 1000,
-                                   device=run.device)
-        if run.all_reduce(out_of_time.int(), dist.ReduceOp.MAX).item():
-            run.log(f"stopping_early: wallclock_cap train_time:{train_ms + (time.perf_counter() - t0) * 1000:.0f}ms "
-                    f"step:{step}/{hp.iterations}")
-            break
+            set_schedule(optimizers, lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp))
+            try:
+                loss = train_step(trainer, loader, optimizers, hp, run)
+            except ConfigError as error:  # bad tokens in a train shard the stream just reached: keep what was learnt
+                raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
+                raise ConfigError(f"{error}; {save_stopped_run(hp, run, 'interrupted', ema.weights(model), raw)}") from None
+            step += 1
+            elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
+            if step % hp.train_log_every == 0 or step == hp.iterations:
+                run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
+                        f"step_avg:{elapsed_ms / step:.2f}ms")
+            # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a
+            # non-finite loss, so they stop at the same step.
+            flags = torch.tensor([hp.max_wallclock_seconds > 0 and elapsed_ms >= hp.max_wallclock_seconds * 1000,
+                                  bool(stop_signal.name)], dtype=torch.int32, device=run.device)
+            flags = torch.cat((flags, (~torch.isfinite(loss)).int().view(1)))
+            out_of_time, signalled, nonfinite = run.all_reduce(flags, dist.ReduceOp.MAX).tolist()
+            if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
+                saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=step - 1))
+                # unless the weights it took in at the step before had already overflowed while the loss had not
+                if not all(t.isfinite().all() for t in ema.shadow.values()):
+                    saved += " (WARNING: the EMA is not finite either)"
+                raise RunStopped(f"train_loss is not finite at step {step}; {saved}", exit_code=3)
+            ema.update(model, step)
+            if signalled:
+                raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
+                saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
+                raise RunStopped(f"{stop_signal.name or 'a signal to another rank'} at step {step}: training stopped; "
+                                 f"{saved}", exit_code=0)
+            if out_of_time:
+                run.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{hp.iterations}")
+                break
     run.sync()
     train_ms += (time.perf_counter() - t0) * 1000
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
@@ -1178,28 +1314,55 @@ def write_submission(hp: Hyperparameters, run: Run, kernels: Kernels, sizes: dic
     run.log(f"wrote submission.json and {run.log_path}")
 
 
+def validate_setup(hp: Hyperparameters, run: Run) -> Kernels:
+    """Every check that takes seconds at most, before a weight is built or a token loaded.
+
+    The settings' types and limits were checked when read (Hyperparameters.check). Here: the batch shape,
+    the tokenizer, the header and size of every shard, the validation length (at least one sequence of
+    TRAIN_SEQ_LEN inputs and its targets), the kernel backends and, with EVAL_ONLY, the artifact.
+    """
+    if not hp.eval_only:
+        check_batch_shape(hp, run)
+    if not Path(hp.tokenizer_path).is_file():
+        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path}: file not found")
+    try:
+        pieces = spm.SentencePieceProcessor(model_file=hp.tokenizer_path).get_piece_size()
+    except (RuntimeError, OSError):
+        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path}: not a SentencePiece model") from None
+    if pieces != hp.vocab_size:
+        raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path} has {pieces} pieces, VOCAB_SIZE={hp.vocab_size}")
+    if not Path(hp.data_path).is_dir():
+        raise ConfigError(f"DATA_PATH={hp.data_path}: directory not found")
+    val_tokens = sum(shard_token_count(path) for path in shard_paths(hp.data_path, "val"))
+    if val_tokens < hp.train_seq_len + 1:
+        raise ConfigError(f"DATA_PATH={hp.data_path}: the validation shards hold {val_tokens} tokens, fewer than "
+                          f"TRAIN_SEQ_LEN+1={hp.train_seq_len + 1} (one sequence and its targets)")
+    if not hp.eval_only and sum(shard_token_count(path) for path in shard_paths(hp.data_path, "train")) == 0:
+        raise ConfigError(f"DATA_PATH={hp.data_path}: the train shards hold no tokens")
+    if hp.eval_only and not Path(hp.artifact).is_file():
+        raise ConfigError(f"ARTIFACT={hp.artifact}: file not found")
+    return select_kernels(hp, run.device)
+
+
 def main() -> None:
     hp = Hyperparameters.from_env()
     run = setup_run(hp)
-    data = load_data(hp, run)
-    kernels = select_kernels(hp, run.device)
+    kernels = validate_setup(hp, run)
     run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
+    data = load_data(hp, run)
     training = {}
     if hp.eval_only:
-        if not Path(hp.artifact).is_file():
-            raise ConfigError(f"ARTIFACT={hp.artifact}: file not found")
         run.log(f"eval_only: scoring {hp.artifact}")
     else:
         model = build_model(hp, kernels, run.device)
         training = train_model(hp, run, model, data)
-        export_artifact(hp, run, model)
+        export_artifact(hp, run, model.state_dict(), hp.artifact, model.state_dict(), "final_model.pt")
+        check_ranks_agree(run, model, "after training")
     sizes = artifact_sizes(hp.artifact)
     if hp.eval_only:
         run.log(f"artifact bytes_code:{sizes['bytes_code']} bytes_model:{sizes['bytes_model']} bytes_total:{sizes['bytes_total']}")
     results = evaluate_artifact(hp, run, data, kernels)
     write_submission(hp, run, kernels, sizes, training, results)
-    if run.world_size > 1:
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
@@ -1208,3 +1371,9 @@ if __name__ == "__main__":
     except ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except RunStopped as stop:
+        print(f"stopped: {stop}", file=sys.stderr)
+        sys.exit(stop.exit_code)
+    finally:  # on every way out: a gloo process that exits with its group still up may abort
+        if dist.is_initialized():
+            dist.destroy_process_group()
