@@ -67,6 +67,7 @@ LINE_PATTERNS = {
                  rf"val_bpb:{_num('bpb')} eval_time:{_int('eval_ms')}ms",
     "ttt": rf"legal_ttt_exact val_loss:{_num('loss')} val_bpb:{_num('bpb')} "
            rf"eval_time:{_int('eval_ms')}ms",
+    "ttt_start": rf"ttt: {_int('chunks')} chunks of {_int('chunk_tokens')} tokens, score first, then adapt",
 }
 LINE_PATTERNS = {kind: re.compile(p) for kind, p in LINE_PATTERNS.items()}
 
@@ -101,6 +102,8 @@ def parse_log(path: Path) -> Run:
     missing = [what for absent, what in [
         ("ttt" not in last and "roundtrip" not in last, "truncated: no final "
          "'legal_ttt_exact' or 'final_int8_zstd_roundtrip_exact' result line"),
+        ("ttt_start" in last and "ttt" not in last, "truncated during TTT: its 'ttt:' start line "
+         "has no 'legal_ttt_exact' result after it"),
         ("seed" not in last, "no 'seed:N' line"),
         (steps is None, "no 'step:N/M ...' progress line"),
         ("artifact" not in last, "no 'artifact bytes_code:... bytes_total:...' line")] if absent]

@@ -1020,6 +1020,7 @@ def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_sta
     optimizer = torch.optim.AdamW(params, lr=hp.ttt_lr, betas=(hp.adam_beta1, hp.adam_beta2), weight_decay=0.0)
     totals = torch.zeros(3, dtype=torch.float64, device=run.device)
     adapting, score_seconds = True, 0.0
+    run.log(f"ttt: {len(chunk_starts)} chunks of {hp.ttt_chunk_tokens} tokens, score first, then adapt")
     for index, first in enumerate(chunk_starts):
         windows = make_windows(first, min(first + hp.ttt_chunk_tokens, n), hp.train_seq_len, hp.eval_stride)
         run.sync()

@@ -237,3 +237,11 @@ def test_plot_writes_png(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 10_000
+
+
+def test_log_cut_during_ttt_is_truncated(tmp_path):
+    text = make_log(ttt=False) + "ttt: 119 chunks of 524288 tokens, score first, then adapt\n"  # killed in TTT
+    log = tmp_path / "cut.txt"
+    log.write_text(text)
+    result = subprocess.run([sys.executable, str(ROOT / "records.py"), "table", str(log)], capture_output=True, text=True)
+    assert result.returncode == 2 and "truncated during TTT" in result.stderr
