@@ -11,6 +11,7 @@ import datetime
 import json
 import math
 import re
+import shlex
 import shutil
 import statistics
 import sys
@@ -344,6 +345,23 @@ def generated_readme(runs: list[Run], sub: dict) -> str:
     return "\n".join(lines)
 
 
+# Settings that describe the run, not the model or its evaluation: a re-score sets its own.
+NOT_REPLAYED = {"run_id", "run_note", "eval_only", "artifact"}
+
+
+def settings_exports(path: Path) -> str:
+    """`export NAME=value` lines that give train_gpt.py the settings a logged run used."""
+    for line in _read_text(path).splitlines():
+        if line.startswith("hyperparameters: {"):
+            try:
+                settings = json.loads(line.removeprefix("hyperparameters: "))
+            except json.JSONDecodeError:
+                break
+            values = {k: int(v) if isinstance(v, bool) else v for k, v in settings.items() if k not in NOT_REPLAYED}
+            return "\n".join(f"export {k.upper()}={shlex.quote(str(v))}" for k, v in values.items())
+    raise RecordsError(f"{path}: no 'hyperparameters: {{...}}' line (is it a train_gpt.py log?)")
+
+
 def plot_runs(runs: list[Run], out: str) -> None:
     try:  # imported here so that the other subcommands work without it
         import matplotlib
@@ -404,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--requirements", help="default: requirements.txt beside the script")
     p = with_runs("plot", "loss curves against steps and wall-clock (PNG)")
     p.add_argument("-o", "--output", required=True)
+    p = sub.add_parser("settings", help="print a run's settings as shell exports, to re-score its artifact")
+    p.add_argument("log", type=Path, help="a train_gpt.py log")
     return parser
 
 
@@ -413,6 +433,9 @@ def main(argv=None) -> int:
         date = getattr(args, "date", None)
         if date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
             raise RecordsError(f"--date {date}: expected YYYY-MM-DD")
+        if args.command == "settings":
+            print(settings_exports(args.log))
+            return 0
         runs = load_runs(args.runs)
         _warn_size(runs)
         if args.command == "table":

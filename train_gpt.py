@@ -253,7 +253,7 @@ def setup_run(hp: Hyperparameters) -> Run:
         log_path.write_text(Path(__file__).read_text(encoding="utf-8") + "\n" + "=" * 100 + "\n", encoding="utf-8")
     run = Run(rank, world_size, device, log_path)
     run.log(f"python {sys.version.split()[0]} torch {torch.__version__} device:{describe_device(device)}")
-    run.log(" ".join(f"{k}:{v}" for k, v in dataclasses.asdict(hp).items()), console=False)
+    run.log("hyperparameters: " + json.dumps(dataclasses.asdict(hp)), console=False)  # records.py settings reads it
     run.log(f"seed:{hp.seed}")
     torch.manual_seed(hp.seed)
     np.random.seed(hp.seed)

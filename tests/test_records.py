@@ -245,3 +245,14 @@ def test_log_cut_during_ttt_is_truncated(tmp_path):
     log.write_text(text)
     result = subprocess.run([sys.executable, str(ROOT / "records.py"), "table", str(log)], capture_output=True, text=True)
     assert result.returncode == 2 and "truncated during TTT" in result.stderr
+
+
+def test_settings_needs_a_hyperparameters_line(tmp_path):
+    log = tmp_path / "old.txt"
+    log.write_text(make_log())
+    result = subprocess.run([sys.executable, str(ROOT / "records.py"), "settings", str(log)], capture_output=True, text=True)
+    assert result.returncode == 2 and "no 'hyperparameters:" in result.stderr
+    log.write_text(make_log() + 'hyperparameters: {"num_layers": 8, "run_note": "a b", "use_smeargate": true, '
+                   '"data_path": "/data/my folder"}\n')
+    result = subprocess.run([sys.executable, str(ROOT / "records.py"), "settings", str(log)], capture_output=True, text=True)
+    assert result.stdout.splitlines() == ["export NUM_LAYERS=8", "export USE_SMEARGATE=1", "export DATA_PATH='/data/my folder'"]

@@ -99,9 +99,16 @@ def test_training_lowers_the_loss(tiny_run):
 
 
 def test_eval_only_reproduces_the_run(tiny_run, dataset, tokenizer_path):
+    """As a reviewer would: the settings from the run's log (records.py settings), then EVAL_ONLY=1."""
     cwd, result = tiny_run
-    again = run_script(cwd, dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer_path), RUN_ID="rescore",
-                                 EVAL_ONLY="1", ARTIFACT="final_model.int8.ptz"))
+    exports = subprocess.run([sys.executable, str(ROOT / "records.py"), "settings", str(cwd / "logs/tiny.txt")],
+                             capture_output=True, text=True, check=True).stdout
+    settings = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
+    assert settings["NUM_LAYERS"] == "2" and settings["TTT_ENABLED"] == "1" and "RUN_ID" not in settings
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(settings, RUN_ID="rescore", EVAL_ONLY="1", ARTIFACT="final_model.int8.ptz")
+    again = subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=cwd, env=env, capture_output=True,
+                           text=True, timeout=240)
     assert again.returncode == 0, again.stderr[-3000:]
     for prefix in ("final_int8_zstd_roundtrip_exact", "legal_ttt_exact"):
         assert final_line(again.stdout, prefix)["val_bpb"] == final_line(result.stdout, prefix)["val_bpb"]
