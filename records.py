@@ -451,6 +451,8 @@ def main(argv=None) -> int:
     except RecordsError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader stopped early (e.g. `| head`): nothing to report
+        return 0
     except OSError as e:  # e.g. an output path that cannot be written
         print(f"error: {e.filename}: {e.strerror}", file=sys.stderr)
         return 2
