@@ -1003,11 +1003,11 @@ def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: H
                 loss = model(x, y, reduction="none")
             loss = sum(loss[row, f:].sum() for row, (_, _, f) in enumerate(batch)) / chunk_tokens
             loss.backward()
-        if run.world_size > 1:
-            for p in params:
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-                dist.all_reduce(p.grad)
+        if run.world_size > 1:  # one all-reduce of all gradients, not one per tensor
+            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+            summed = run.all_reduce(torch.cat([g.flatten() for g in grads]))
+            for p, g in zip(params, summed.split([p.numel() for p in params])):
+                p.grad = g.view_as(p)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
