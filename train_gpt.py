@@ -628,7 +628,8 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
                 chosen[op], names[op] = fn, name
                 break
         else:
-            raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({dict((n, m) for n, m, _ in options)[requested]}) does not import")
+            package = next(m for n, m, _ in options if n == requested)
+            raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({package}) does not import")
     return Kernels(chosen["scan"], chosen["conv"], chosen["attn"], names)
 
 
@@ -1053,13 +1054,14 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, kernels: Kernel
     """Score weights read back from the artifact file: plain roundtrip, then score-first TTT."""
     eval_start = time.perf_counter()
     model = load_artifact_model(hp, kernels, run.device)
-    loss, bpb = evaluate_bpb(maybe_compile(model, hp, run.device), data, hp, run)
+    compiled = maybe_compile(model, hp, run.device)  # one wrapper for both passes
+    loss, bpb = evaluate_bpb(compiled, data, hp, run)
     roundtrip_ms = (time.perf_counter() - eval_start) * 1000
     run.log(f"final_int8_zstd_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{roundtrip_ms:.0f}ms")
     results = dict(roundtrip_val_loss=loss, roundtrip_val_bpb=bpb, val_loss=loss, val_bpb=bpb, eval_time_s=roundtrip_ms / 1000)
     if hp.ttt_enabled:
         t0 = time.perf_counter()
-        loss, bpb = evaluate_with_ttt(maybe_compile(model, hp, run.device), data, hp, run, eval_start)
+        loss, bpb = evaluate_with_ttt(compiled, data, hp, run, eval_start)
         ttt_ms = (time.perf_counter() - t0) * 1000
         run.log(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{ttt_ms:.0f}ms")
         check_ranks_agree(run, model, "after TTT")
