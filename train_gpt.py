@@ -562,11 +562,9 @@ def compiled_flex_attention():
     return torch.compile(flex_attention, dynamic=False)
 
 
-def sliding_window_attention_flex(q, k, v, window: int):
+def sliding_window_attention_flex(q, k, v, block_mask):
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
-    out = compiled_flex_attention()(q, k, v, block_mask=flex_sliding_window_mask(q.size(2), window, q.device),
-                                    enable_gqa=True)
-    return out.transpose(1, 2)
+    return compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=True).transpose(1, 2)
 
 
 def sliding_window_attention_flash(q, k, v, window: int):
@@ -574,10 +572,55 @@ def sliding_window_attention_flash(q, k, v, window: int):
     return flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0))
 
 
+# mamba-ssm's own autograd wrapper calls its CUDA extension directly, which torch.compile cannot trace:
+# the graph would break twice per layer. Registered as custom operators (forward and backward, with
+# their output shapes), the scan is one opaque node inside the compiled graph instead.
+@torch.library.custom_op("hymba::mamba_scan_forward", mutates_args=())
+def mamba_scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns the gated output, then what the backward needs: the ungated output and the chunk states."""
+    import selective_scan_cuda
+    out, states, gated = selective_scan_cuda.fwd(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, True)
+    return gated, out, states
+
+
+@mamba_scan_forward.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias):
+    batch, dim, length = u.shape
+    chunks = -(-length // 2048)  # the kernel keeps one state per 2048 positions
+    return torch.empty_like(z), torch.empty_like(delta), u.new_empty((batch, dim, chunks, 2 * A.size(1)), dtype=A.dtype)
+
+
+@torch.library.custom_op("hymba::mamba_scan_backward", mutates_args=())
+def mamba_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                        D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor, grad: torch.Tensor,
+                        out: torch.Tensor, states: torch.Tensor) -> list[torch.Tensor]:
+    import selective_scan_cuda
+    du, ddelta, dA, dB, dC, dD, ddelta_bias, dz = selective_scan_cuda.bwd(
+        u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, grad, states, out, None, True, False)
+    return [du, ddelta, dA, dB.squeeze(1), dC.squeeze(1), dD, dz, ddelta_bias]  # in the order of the inputs
+
+
+@mamba_scan_backward.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, grad, out, states):
+    return [torch.empty_like(t) for t in (u, delta, A, B, C, D, z, delta_bias)]
+
+
+def _mamba_scan_save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output[1], output[2])
+
+
+def _mamba_scan_grads(ctx, grad, _grad_out, _grad_states):
+    *inputs, out, states = ctx.saved_tensors
+    return tuple(mamba_scan_backward(*inputs, grad.contiguous(), out, states))
+
+
+mamba_scan_forward.register_autograd(_mamba_scan_grads, setup_context=_mamba_scan_save)
+
+
 def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
-    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
-    return selective_scan_fn(u.contiguous(), delta.contiguous(), A.float(), B.contiguous(), C.contiguous(), D.float(),
-                             z=z.contiguous(), delta_bias=delta_bias.float(), delta_softplus=True)
+    u, delta, B, C, z = (t.contiguous() for t in (u, delta, B, C, z))  # the kernel reads rows of positions
+    return mamba_scan_forward(u, delta, A.float(), B, C, D.float(), z, delta_bias.float())[0]
 
 
 def causal_conv1d_cuda(x, weight, bias):
@@ -595,11 +638,16 @@ KERNEL_CHOICES = {
 }
 
 
+def window_size(t: int, window: int, device: torch.device) -> int:
+    return window
+
+
 @dataclasses.dataclass
 class Kernels:
     scan: callable
     conv: callable
-    attn: callable
+    attn: callable  # attn(q, k, v, attn_window(t, window, device))
+    attn_window: callable  # the window as the attention kernel takes it, made once per forward
     names: dict
 
 
@@ -630,7 +678,8 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
         else:
             package = next(m for n, m, _ in options if n == requested)
             raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({package}) does not import")
-    return Kernels(chosen["scan"], chosen["conv"], chosen["attn"], names)
+    attn_window = flex_sliding_window_mask if names["attn"] == "flex" else window_size
+    return Kernels(chosen["scan"], chosen["conv"], chosen["attn"], attn_window, names)
 
 
 # -----------------------------------------------------------------------------
@@ -693,7 +742,7 @@ class HymbaMixer(nn.Module):
     def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
         dim, heads, kv_heads = hp.model_dim, hp.num_heads, hp.num_kv_heads
-        self.kernels, self.window = kernels, hp.sliding_window
+        self.kernels = kernels
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
         self.inner = hp.hymba_expand * dim
         self.state = hp.hymba_ssm_state
@@ -721,7 +770,7 @@ class HymbaMixer(nn.Module):
         self.out_proj = nn.Linear(dim, dim, bias=False)
         nn.init.zeros_(self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, window) -> torch.Tensor:
         b, t, _ = x.shape
         k, v, xm, z = self.in_proj(x).split(self.split_sizes, dim=-1)
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
@@ -729,7 +778,7 @@ class HymbaMixer(nn.Module):
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
         q = (q * self.q_gain.to(q.dtype)[:, None]).to(v.dtype)  # the norms may run in fp32 under autocast
         k = k.to(v.dtype)
-        attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), self.window).reshape(b, t, -1)
+        attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), window).reshape(b, t, -1)
 
         xm = self.kernels.conv(xm.transpose(1, 2), self.conv_weight, self.conv_bias)  # (b, inner, t)
         dt, B, C = self.x_proj(xm.transpose(1, 2)).split([self.dt_rank, self.state, self.state], dim=-1)
@@ -764,10 +813,10 @@ class Block(nn.Module):
         self.mixer_scale = nn.Parameter(torch.ones(dim))
         self.mlp_scale = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, window) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.mixer_scale.to(x.dtype) * self.mixer(rms_norm(x))
+        x = x + self.mixer_scale.to(x.dtype) * self.mixer(rms_norm(x), window)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
 
 
@@ -775,6 +824,7 @@ class HymbaGPT(nn.Module):
     def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
         self.softcap = hp.logit_softcap
+        self.kernels, self.window = kernels, hp.sliding_window
         self.tok_emb = nn.Embedding(hp.vocab_size, hp.model_dim)
         self.bigram = BigramHash(hp.vocab_size, hp.bigram_buckets, hp.bigram_hash_dim, hp.model_dim) if hp.use_bigram_hash else None
         self.smear = SmearGate(hp.model_dim) if hp.use_smeargate else None
@@ -788,6 +838,7 @@ class HymbaGPT(nn.Module):
             nn.init.normal_(self.tok_emb.weight, std=0.005)
 
     def logits(self, ids: torch.Tensor) -> torch.Tensor:
+        window = self.kernels.attn_window(ids.size(1), self.window, ids.device)  # first: compiled code resumes after it
         x = self.tok_emb(ids)
         if self.bigram is not None:
             x = x + self.bigram(ids)
@@ -798,7 +849,7 @@ class HymbaGPT(nn.Module):
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder and skips:  # decoder half: take encoder outputs back in reverse
                 x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
-            x = block(x, x0)
+            x = block(x, x0, window)
             if i < self.num_encoder:
                 skips.append(x)
         x = rms_norm(x)
@@ -1131,8 +1182,8 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module, step: int) -> None:
         if self.every > 0 and step % self.every == 0:
-            for name, t in model.state_dict().items():
-                self.shadow[name].lerp_(t.float(), 1 - self.decay ** self.every)
+            current = [t.float() for t in model.state_dict().values()]  # same order as the shadow's
+            torch._foreach_lerp_(list(self.shadow.values()), current, 1 - self.decay ** self.every)
 
     def weights(self, model: nn.Module) -> dict:
         """The average as a state dict of the model's dtypes."""

@@ -53,6 +53,10 @@ def test_mamba_ssm_scan_matches_reference():
                   D=torch.ones(INNER, device=dev), z=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16),
                   delta_bias=torch.rand(INNER, device=dev) * -3)
     compare(tg.selective_scan_mamba_ssm, tg.selective_scan_reference, inputs, "selective scan")
+    # the operator's declared output shapes, dtypes and strides against the kernel's, and its autograd
+    args = tuple(v.contiguous() for v in inputs.values())
+    torch.library.opcheck(tg.mamba_scan_forward, tuple(t.requires_grad_(t.is_floating_point()) for t in args),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 @cuda
@@ -73,7 +77,8 @@ def attention_inputs():
 
 @cuda
 def test_flex_attention_matches_reference():
-    compare(lambda **kw: tg.sliding_window_attention_flex(**kw, window=W),
+    mask = tg.flex_sliding_window_mask(T, W, torch.device("cuda"))
+    compare(lambda **kw: tg.sliding_window_attention_flex(**kw, block_mask=mask),
             lambda **kw: tg.sliding_window_attention_reference(**kw, window=W), attention_inputs(), "flex attention")
 
 
@@ -101,6 +106,7 @@ def test_full_model_fast_path_matches_reference():
     x = torch.randint(0, hp.vocab_size, (B, T), device="cuda")
     results = []
     for kernels in (fast, ref):
+        model.kernels = kernels
         for block in model.blocks:
             block.mixer.kernels = kernels
         model.zero_grad()
@@ -118,3 +124,19 @@ def test_full_model_fast_path_matches_reference():
     assert everything.norm() / scale < 2e-2, errors
     matrices = {n: e for n, e in errors.items() if ref_grads[n].dim() == 2 and ref_grads[n].numel() > 65536}
     assert max(matrices.values()) < 5e-2, matrices
+
+
+@cuda
+@needs("mamba_ssm")
+@needs("causal_conv1d")
+def test_compiled_model_breaks_only_to_make_the_attention_mask():
+    """The kernels are nodes of one compiled graph; only FlexAttention's block mask is made outside it."""
+    hp = tg.Hyperparameters(train_seq_len=T)
+    kernels = tg.select_kernels(hp, torch.device("cuda"))
+    model = tg.HymbaGPT(hp, kernels).cuda()
+    x = torch.randint(0, hp.vocab_size, (B, T), device="cuda")
+    torch._dynamo.reset()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(model)(x, x)
+    allowed = 1 if kernels.names["attn"] == "flex" else 0
+    assert explanation.graph_break_count <= allowed, [str(r.reason) for r in explanation.break_reasons]

@@ -1,4 +1,5 @@
 """train_gpt.py on CPU: the whole run end to end, and the properties each part claims."""
+import dataclasses
 import json
 import math
 import os
@@ -182,6 +183,56 @@ def test_selective_scan_matches_sequential_recurrence(length):
     torch.testing.assert_close(out_ref, out_seq, rtol=1e-10, atol=1e-10)
     for name, g_ref, g_seq in zip(inputs, grads_ref, grads_seq):
         torch.testing.assert_close(g_ref, g_seq, rtol=1e-9, atol=1e-9, msg=f"gradient of {name}")
+
+
+class StandInScanKernel:
+    """selective_scan_cuda's fwd/bwd calling conventions, computed with the reference scan (CPU, float64)."""
+
+    @staticmethod
+    def fwd(u, delta, A, B, C, D, z, delta_bias, softplus):
+        assert softplus and B.dim() == C.dim() == 4  # the op passes (b, 1, n, l) for one group
+        gated = tg.selective_scan_reference(u, delta, A, B[:, 0], C[:, 0], D, z, delta_bias)
+        states = torch.zeros(u.size(0), u.size(1), -(-u.size(2) // 2048), 2 * A.size(1), dtype=A.dtype)
+        return [(gated / torch.nn.functional.silu(z)).contiguous(), states, gated.contiguous()]  # as the kernel lays out
+
+    @staticmethod
+    def bwd(u, delta, A, B, C, D, z, delta_bias, dout, states, out, dz, softplus, recompute_out_z):
+        inputs = (u, delta, A, B[:, 0], C[:, 0], D, z, delta_bias)
+        _, vjp = torch.func.vjp(tg._selective_scan_reference, *inputs)  # an operator's body runs below autograd
+        du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = vjp(dout)
+        return [du, ddelta, dA, dB[:, None], dC[:, None], dD, ddelta_bias, dz]  # the kernel's order
+
+
+def test_mamba_scan_operator_wiring(monkeypatch):
+    """The custom operators around mamba-ssm pass inputs, saved tensors and gradients in the right order."""
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", StandInScanKernel)
+    torch.manual_seed(0)
+    b, d, n, length = 2, 6, 4, 40
+    inputs = dict(u=torch.randn(b, d, length), delta=torch.randn(b, d, length), A=-torch.rand(d, n) * 3,
+                  B=torch.randn(b, n, length), C=torch.randn(b, n, length), D=torch.randn(d),
+                  z=torch.randn(b, d, length), delta_bias=torch.randn(d))
+    inputs = {k: v.double().requires_grad_() for k, v in inputs.items()}
+    out_op = tg.mamba_scan_forward(**inputs)[0]
+    grads_op = torch.autograd.grad(out_op.sin().sum(), list(inputs.values()))
+    out_ref = tg.selective_scan_reference(**inputs)
+    grads_ref = torch.autograd.grad(out_ref.sin().sum(), list(inputs.values()))
+    torch.testing.assert_close(out_op, out_ref)
+    for name, g_op, g_ref in zip(inputs, grads_op, grads_ref):
+        torch.testing.assert_close(g_op, g_ref, msg=f"gradient of {name}")
+    torch.library.opcheck(tg.mamba_scan_forward, tuple(inputs.values()),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_model_traces_as_one_graph_with_the_scan_operator(monkeypatch):
+    """torch.compile sees the whole forward as one graph: nothing in the model breaks it (the scan as on GPU)."""
+    monkeypatch.setitem(sys.modules, "selective_scan_cuda", StandInScanKernel)
+    hp = tiny_hp()
+    kernels = dataclasses.replace(reference_kernels(), scan=tg.selective_scan_mamba_ssm)
+    model = tg.HymbaGPT(hp, kernels)
+    ids = torch.randint(0, hp.vocab_size, (2, hp.train_seq_len))
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(model)(ids, ids)
+    assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
 
 
 def test_causal_conv_reference_is_causal_depthwise():
