@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import statistics
+import time
 
 import torch
 
@@ -54,13 +55,43 @@ def flops_per_token(hp: tg.Hyperparameters, model: tg.HymbaGPT) -> float:
     return 6 * matmul_weights + 3 * attention
 
 
+KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
+    ("selective scan (mamba-ssm)", ("selective_scan",)),
+    ("causal conv1d", ("causal_conv1d",)),
+    ("attention (flex / flash)", ("flex", "flash", "fmha", "attention")),
+    ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul", "_mm_")),
+    ("compiled fused element-wise / reductions", ("triton_",)),
+    ("communication", ("nccl",)),
+]
+
+
 def profile_train_step(train_step, steps: int = 3) -> str:
+    """The kernels that take the step's GPU time, grouped, and how much of the step the GPU is busy."""
     from torch.profiler import ProfilerActivity, profile
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        start.record()
         for _ in range(steps):
             train_step()
+        end.record()
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+    wall_ms = start.elapsed_time(end) / steps
+    kernels = [e for e in prof.key_averages()  # GPU kernels only; annotations such as Optimizer.step span kernels
+               if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
+    groups: dict[str, list] = {}
+    for e in kernels:
+        group = next((g for g, keys in KERNEL_GROUPS if any(k in e.key.lower() for k in keys)), "other")
+        groups.setdefault(group, []).append(e)
+    busy_ms = sum(e.self_device_time_total for e in kernels) / 1000 / steps
+    lines = [f"GPU busy {busy_ms:.2f} ms of a {wall_ms:.2f} ms step (profiled; the rest is the GPU waiting for the CPU)",
+             "| kernels | ms per step | share of busy | launches per step |", "|---|---|---|---|"]
+    for group, events in sorted(groups.items(), key=lambda kv: -sum(e.self_device_time_total for e in kv[1])):
+        ms = sum(e.self_device_time_total for e in events) / 1000 / steps
+        lines.append(f"| {group} | {ms:.2f} | {ms / busy_ms:.1%} | {sum(e.count for e in events) // steps} |")
+    lines.append("")
+    lines.append(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
+    return "\n".join(lines)
 
 
 def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False) -> dict:
@@ -81,6 +112,10 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
         tg.train_step(compiled, loader, optimizers, hp, run)
 
     torch.cuda.reset_peak_memory_stats()
+    first = time.perf_counter()
+    train_step()  # the first step compiles
+    torch.cuda.synchronize()
+    first_step_s = time.perf_counter() - first
     train_ms = median_ms(train_step, warmup, iters)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     if profile:
@@ -110,7 +145,7 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
     chunks = math.ceil((FINEWEB_VAL_TOKENS - 1) / hp.ttt_chunk_tokens)
     per_gpu_chunk_scale = hp.ttt_chunk_tokens / RECORD_GPUS / tokens  # this GPU's share of a chunk, in benchmark batches
     ttt_eval_s = chunks * per_gpu_chunk_scale * (score_ms + hp.ttt_epochs * ttt_ms) / 1000
-    return dict(backends=kernels.names, compile=hp.compile, train_step_ms=round(step_ms, 2),
+    return dict(backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
                 tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
                 mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
                 ttt_step_ms=round(ttt_ms, 2), score_ms=round(score_ms, 2),
@@ -140,20 +175,21 @@ def main():
         result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0)
         rows.append(result)
         print(json.dumps(result), flush=True)
+        if args.json:  # after every configuration, so that a run cut short keeps what it measured
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=2)
+        torch._dynamo.reset()
         torch.cuda.empty_cache()
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.seqs}x{hp.train_seq_len} tokens per step")
-    header = "| scan | conv | attn | compile | train step ms | tokens/s | peak GiB | MFU | TTT step ms | score ms | steps in 600 s | TTT eval s (8 GPUs) |"
+    header = ("| scan | conv | attn | compile | first step s | train step ms | tokens/s | peak GiB | MFU | TTT step ms | "
+              "score ms | steps in 600 s | TTT eval s (8 GPUs) |")
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     for r in rows:
         b = r["backends"]
-        print(f"| {b['scan']} | {b['conv']} | {b['attn']} | {int(r['compile'])} | {r['train_step_ms']} | {r['tokens_per_s']:,} | "
-              f"{r['peak_gib']} | {r['mfu']:.1%} | {r['ttt_step_ms']} | {r['score_ms']} | {r['projected_steps_600s']} | "
-              f"{r['projected_ttt_eval_s']} |")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
-
+        print(f"| {b['scan']} | {b['conv']} | {b['attn']} | {int(r['compile'])} | {r['first_step_s']} | {r['train_step_ms']} | "
+              f"{r['tokens_per_s']:,} | {r['peak_gib']} | {r['mfu']:.1%} | {r['ttt_step_ms']} | {r['score_ms']} | "
+              f"{r['projected_steps_600s']} | {r['projected_ttt_eval_s']} |")
 
 if __name__ == "__main__":
     main()
