@@ -191,5 +191,6 @@ def main():
               f"{r['tokens_per_s']:,} | {r['peak_gib']} | {r['mfu']:.1%} | {r['ttt_step_ms']} | {r['score_ms']} | "
               f"{r['projected_steps_600s']} | {r['projected_ttt_eval_s']} |")
 
+
 if __name__ == "__main__":
     main()
