@@ -867,8 +867,7 @@ class HymbaGPT(nn.Module):
                 module.register_buffer("qat", torch.zeros(()), persistent=False)
                 module.qat_bits = hp.quant_bits
 
-    def logits(self, ids: torch.Tensor) -> torch.Tensor:
-        window = self.kernels.attn_window(ids.size(1), self.window, ids.device)  # first: compiled code resumes after it
+    def logits(self, ids: torch.Tensor, window) -> torch.Tensor:
         x = self.tok_emb(ids)
         if self.bigram is not None:
             x = x + self.bigram(ids)
@@ -888,7 +887,9 @@ class HymbaGPT(nn.Module):
 
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy in nats: the mean, or per token (reduction='none', shaped like targets) for scoring."""
-        logits = self.logits(ids)
+        # made first, outside the compiled graph (FlexAttention's block mask): one graph resumes after it
+        window = self.kernels.attn_window(ids.size(1), self.window, ids.device)
+        logits = self.logits(ids, window)
         nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
         return nll.view_as(targets) if reduction == "none" else nll
 

@@ -60,12 +60,25 @@ def test_mamba_ssm_scan_matches_reference():
 
 
 @cuda
-@needs("causal_conv1d")
-def test_causal_conv1d_matches_reference():
+def test_compiled_causal_conv1d_matches_eager():
     torch.manual_seed(0)
-    inputs = dict(x=torch.randn(B, INNER, T, device="cuda", dtype=torch.bfloat16),
+    inputs = dict(x=torch.randn(B, T, INNER, device="cuda", dtype=torch.bfloat16),
                   weight=torch.randn(INNER, 4, device="cuda") * 0.5, bias=torch.randn(INNER, device="cuda") * 0.1)
-    compare(tg.causal_conv1d_cuda, tg.causal_conv1d_reference, inputs, "causal conv1d")
+    compare(torch.compile(tg.causal_conv1d), tg.causal_conv1d, inputs, "causal conv1d")
+
+
+@cuda
+def test_compiled_qat_weights_match_the_artifact():
+    """On the GPU and compiled, the forward's grid weights are what the export gives back (bit for bit)."""
+    torch.manual_seed(0)
+    layer = tg.Linear(512, 2048, bias=False).cuda()
+    layer.register_buffer("qat", torch.ones((), device="cuda"), persistent=False)
+    layer.qat_bits = 8
+    with torch.no_grad():
+        layer.weight.mul_(0.5).add_(torch.randn_like(layer.weight) * 0.02)
+    seen = torch.compile(tg.grid_weight)(layer)
+    back = tg.unpack_artifact(tg.pack_artifact({"w": layer.weight.detach().cpu()}, bits=8, level=3)[0])["w"]
+    assert torch.equal(seen.cpu(), back)
 
 
 def attention_inputs():
@@ -95,8 +108,7 @@ def test_full_model_fast_path_matches_reference():
     fast = tg.select_kernels(hp, torch.device("cuda"))
     if set(fast.names.values()) == {"reference"}:
         pytest.skip("no fast backend is installed")
-    ref = tg.select_kernels(tg.Hyperparameters(scan_backend="reference", conv_backend="reference",
-                                               attn_backend="reference"), torch.device("cuda"))
+    ref = tg.select_kernels(tg.Hyperparameters(scan_backend="reference", attn_backend="reference"), torch.device("cuda"))
     torch.manual_seed(0)
     model = tg.HymbaGPT(hp, ref).cuda()
     with torch.no_grad():  # wake the zero-initialised projections so every path carries signal
@@ -128,7 +140,6 @@ def test_full_model_fast_path_matches_reference():
 
 @cuda
 @needs("mamba_ssm")
-@needs("causal_conv1d")
 def test_compiled_model_breaks_only_to_make_the_attention_mask():
     """The kernels are nodes of one compiled graph; only FlexAttention's block mask is made outside it."""
     hp = tg.Hyperparameters(train_seq_len=T)

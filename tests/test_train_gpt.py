@@ -123,11 +123,11 @@ def test_model_is_causal():
     model = randomized_model()
     torch.manual_seed(1)
     ids = torch.randint(0, 320, (2, 80))
-    base = model.logits(ids)
+    base = model.logits(ids, model.window)
     for t in (0, 17, 40, 78):
         changed = ids.clone()
         changed[:, t + 1:] = torch.randint(0, 320, changed[:, t + 1:].shape)
-        out = model.logits(changed)
+        out = model.logits(changed, model.window)
         assert torch.equal(out[:, :t + 1], base[:, :t + 1]), f"logits up to {t} changed"
         assert not torch.allclose(out[:, t + 1:], base[:, t + 1:]), "later logits should depend on later tokens"
 

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# One H200 lease, end to end, as run for the figures in README.md (2026-11-29, second session).
+#
+# Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
+# devtext_sp1024/, tokenizers/, and old_train_gpt.py (the script before this session, for the recipe A/B).
+#   bash measurements/h200_session.sh start    # detached: build, GPU tests, benchmark, training runs
+#   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
+# Results gather in /tmp/res (one folder per run: its console output and log, no weights).
+set -u
+REPO=$(pwd)
+RES=/tmp/res
+DATA=/tmp/devtext_sp1024
+TOK=/tmp/tokenizers/fineweb_1024_bpe.model
+MAX_PARALLEL=${MAX_PARALLEL:-5}  # training runs side by side on the one GPU (about 19 GiB each)
+
+collect() {  # everything small under $RES, in one archive under $OUT
+  [ -n "${OUT:-}" ] && tar czf "$OUT/results.tar.gz" -C /tmp --exclude='*.pt' --exclude='*.ptz' res 2>/dev/null
+  tail -n 40 "$RES/driver.txt" 2>/dev/null
+}
+
+if [ "${1:-}" = "wait" ]; then
+  for _ in $(seq 1 $(( ${2:-500} / 10 ))); do [ -f "$RES/done" ] && break; sleep 10; done
+  collect; exit 0
+fi
+if [ "${1:-}" = "start" ]; then
+  mkdir -p "$RES"; setsid nohup bash "$0" run > "$RES/driver.txt" 2>&1 < /dev/null &
+  echo "started"; exit 0
+fi
+
+# --- run (detached) ---------------------------------------------------------------------------------
+SECONDS=0
+say() { echo "[$(printf '%4d' $SECONDS)s] $*"; }
+cp -r "$REPO/.gpu/devtext_sp1024" "$REPO/.gpu/tokenizers" /tmp/
+cp -r "$REPO" /tmp/repo && rm -rf /tmp/repo/.gpu  # runs read the script from here; the checkout may be laid anew
+cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
+python3 -m pip install -q --no-index --no-deps "$REPO"/.gpu/gpu/zstandard-*.whl
+say "building mamba-ssm (sm_90 only; causal-conv1d is no longer used)"
+mkdir -p /tmp/build && tar xzf "$REPO"/.gpu/gpu/mamba_ssm-*.tar.gz -C /tmp/build --strip-components=1
+sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]+"\)/cc_flag.pop()/' /tmp/build/setup.py
+(cd /tmp/build && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index . \
+  > "$RES/mamba_build.txt" 2>&1)
+say "mamba-ssm build exit $?: $(python3 -c 'import mamba_ssm; print(mamba_ssm.__version__)' 2>&1 | tail -1)"
+nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$RES/nvidia_smi.txt"
+
+cd /tmp/repo
+say "benchmark (alone on the GPU)"
+python3 benchmark.py --warmup 3 --iters 10 --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
+say "benchmark exit $?"; tail -n 3 "$RES/benchmark.txt"
+
+COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
+AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
+JOBS=(
+  # name | script | settings
+  "proxy4000_qat|train_gpt.py|ITERATIONS=4000"
+  "proxy4000_noqat|train_gpt.py|ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
+  "proxy1000_qat|train_gpt.py|ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
+  "proxy1000_noqat|train_gpt.py|ITERATIONS=1000 WARMDOWN_ITERS=1750 QAT_START_FRAC=1 TTT_ENABLED=0"
+  "gpu_tests|pytest|"
+  "ab_new_seed1337|train_gpt.py|$AB QAT_START_FRAC=1 SEED=1337"
+  "ab_old_seed1337|/tmp/old_train_gpt.py|$AB SEED=1337"
+  "ab_new_seed42|train_gpt.py|$AB QAT_START_FRAC=1 SEED=42"
+  "ab_old_seed42|/tmp/old_train_gpt.py|$AB SEED=42"
+)
+for job in "${JOBS[@]}"; do
+  IFS='|' read -r name script settings <<< "$job"
+  while [ "$(jobs -rp | wc -l)" -ge "$MAX_PARALLEL" ]; do sleep 2; done
+  mkdir -p "$RES/$name" "/tmp/runs/$name"
+  say "start $name"
+  if [ "$script" = pytest ]; then
+    (python3 -m pytest -v -rs tests/test_gpu.py > "$RES/$name/output.txt" 2>&1; say "done $name exit $?") &
+  else
+    [ "$script" = train_gpt.py ] && script=/tmp/repo/train_gpt.py
+    (cd "/tmp/runs/$name" && env $COMMON $settings RUN_ID="$name" PYTHONUNBUFFERED=1 python3 "$script" \
+       > "$RES/$name/output.txt" 2>&1; rc=$?; cp -r logs "$RES/$name/" 2>/dev/null; cp submission*.json "$RES/$name/" 2>/dev/null
+     say "done $name exit $rc") &
+  fi
+  sleep 5
+done
+wait
+say "all done"
+touch "$RES/done"
