@@ -6,6 +6,8 @@
 #   bash measurements/h200_session.sh start    # detached: build, GPU tests, benchmark, training runs
 #   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
 # Results gather in /tmp/res (one folder per run: its console output and log, no weights).
+# DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark, and those
+# settings appended to every run.
 set -u
 REPO=$(pwd)
 RES=/tmp/res
@@ -33,6 +35,8 @@ say() { echo "[$(printf '%4d' $SECONDS)s] $*"; }
 cp -r "$REPO/.gpu/devtext_sp1024" "$REPO/.gpu/tokenizers" /tmp/
 cp -r "$REPO" /tmp/repo && rm -rf /tmp/repo/.gpu  # runs read the script from here; the checkout may be laid anew
 cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
+cd /tmp/repo
+if [ -z "${DRY_EXTRA:-}" ]; then
 python3 -m pip install -q --no-index --no-deps "$REPO"/.gpu/gpu/zstandard-*.whl
 say "building mamba-ssm (sm_90 only; causal-conv1d is no longer used)"
 mkdir -p /tmp/build && tar xzf "$REPO"/.gpu/gpu/mamba_ssm-*.tar.gz -C /tmp/build --strip-components=1
@@ -42,10 +46,10 @@ sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]
 say "mamba-ssm build exit $?: $(python3 -c 'import mamba_ssm; print(mamba_ssm.__version__)' 2>&1 | tail -1)"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$RES/nvidia_smi.txt"
 
-cd /tmp/repo
 say "benchmark (alone on the GPU)"
 python3 benchmark.py --warmup 3 --iters 10 --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
 say "benchmark exit $?"; tail -n 3 "$RES/benchmark.txt"
+fi
 
 COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
 AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
@@ -70,7 +74,7 @@ for job in "${JOBS[@]}"; do
     (python3 -m pytest -v -rs tests/test_gpu.py > "$RES/$name/output.txt" 2>&1; say "done $name exit $?") &
   else
     [ "$script" = train_gpt.py ] && script=/tmp/repo/train_gpt.py
-    (cd "/tmp/runs/$name" && env $COMMON $settings RUN_ID="$name" PYTHONUNBUFFERED=1 python3 "$script" \
+    (cd "/tmp/runs/$name" && env $COMMON $settings ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 python3 "$script" \
        > "$RES/$name/output.txt" 2>&1; rc=$?; cp -r logs "$RES/$name/" 2>/dev/null; cp submission*.json "$RES/$name/" 2>/dev/null
      say "done $name exit $rc") &
   fi
