@@ -483,36 +483,32 @@ def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
     chunks and added back, decayed, to every position.
     """
     with torch.autocast(u.device.type, enabled=False):
-        return _selective_scan_reference(u, delta, A, B, C, D, z, delta_bias)
-
-
-def _selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
-    out_dtype, compute = u.dtype, torch.promote_types(u.dtype, torch.float32)  # at least fp32
-    u, delta, A, B, C, D, z, delta_bias = (t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias))
-    batch, dim, length = u.shape
-    dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, l, d)
-    log_decay = dt[..., None] * A  # (b, l, d, n), <= 0
-    inputs = (dt * u.transpose(1, 2))[..., None] * B.transpose(1, 2)[:, :, None, :]  # (b, l, d, n)
-    chunk = max(16, math.isqrt(length))
-    chunks = -(-length // chunk)
-    pad = chunks * chunk - length
-    log_decay = F.pad(log_decay, (0, 0, 0, 0, 0, pad)).view(batch, chunks, chunk, dim, -1)
-    inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad)).view(batch, chunks, chunk, dim, -1)
-    state, local = torch.zeros_like(inputs[:, :, 0]), []
-    for i in range(chunk):
-        state = torch.exp(log_decay[:, :, i]) * state + inputs[:, :, i]
-        local.append(state)
-    local = torch.stack(local, 2)  # (b, chunks, chunk, d, n): states as if each chunk started from zero
-    decay_from_start = torch.exp(torch.cumsum(log_decay, 2))
-    carry, starts = torch.zeros_like(local[:, 0, 0]), []
-    for c in range(chunks):
-        starts.append(carry)
-        carry = decay_from_start[:, c, -1] * carry + local[:, c, -1]
-    states = local + decay_from_start * torch.stack(starts, 1)[:, :, None]
-    states = states.view(batch, chunks * chunk, dim, -1)[:, :length]
-    y = torch.einsum("bldn,bnl->bdl", states, C)
-    y = (y + D[:, None] * u) * F.silu(z)
-    return y.to(out_dtype)
+        out_dtype, compute = u.dtype, torch.promote_types(u.dtype, torch.float32)  # at least fp32
+        u, delta, A, B, C, D, z, delta_bias = (t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias))
+        batch, dim, length = u.shape
+        dt = F.softplus(delta + delta_bias[:, None]).transpose(1, 2)  # (b, l, d)
+        log_decay = dt[..., None] * A  # (b, l, d, n), <= 0
+        inputs = (dt * u.transpose(1, 2))[..., None] * B.transpose(1, 2)[:, :, None, :]  # (b, l, d, n)
+        chunk = max(16, math.isqrt(length))
+        chunks = -(-length // chunk)
+        pad = chunks * chunk - length
+        log_decay = F.pad(log_decay, (0, 0, 0, 0, 0, pad)).view(batch, chunks, chunk, dim, -1)
+        inputs = F.pad(inputs, (0, 0, 0, 0, 0, pad)).view(batch, chunks, chunk, dim, -1)
+        state, local = torch.zeros_like(inputs[:, :, 0]), []
+        for i in range(chunk):
+            state = torch.exp(log_decay[:, :, i]) * state + inputs[:, :, i]
+            local.append(state)
+        local = torch.stack(local, 2)  # (b, chunks, chunk, d, n): states as if each chunk started from zero
+        decay_from_start = torch.exp(torch.cumsum(log_decay, 2))
+        carry, starts = torch.zeros_like(local[:, 0, 0]), []
+        for c in range(chunks):
+            starts.append(carry)
+            carry = decay_from_start[:, c, -1] * carry + local[:, c, -1]
+        states = local + decay_from_start * torch.stack(starts, 1)[:, :, None]
+        states = states.view(batch, chunks * chunk, dim, -1)[:, :length]
+        y = torch.einsum("bldn,bnl->bdl", states, C)
+        y = (y + D[:, None] * u) * F.silu(z)
+        return y.to(out_dtype)
 
 
 def causal_conv1d(x, weight, bias):
@@ -635,10 +631,6 @@ KERNEL_CHOICES = {
 }
 
 
-def window_size(t: int, window: int, device: torch.device) -> int:
-    return window
-
-
 @dataclasses.dataclass
 class Kernels:
     scan: callable
@@ -648,11 +640,8 @@ class Kernels:
 
 
 def _importable(module: str | None) -> bool:
-    if module is None:
-        return True
     try:
-        __import__(module)
-        return True
+        return module is None or bool(__import__(module))
     except Exception:
         return False
 
@@ -674,7 +663,7 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
         else:
             package = next(m for n, m, _ in options if n == requested)
             raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({package}) does not import")
-    attn_window = flex_sliding_window_mask if names["attn"] == "flex" else window_size
+    attn_window = flex_sliding_window_mask if names["attn"] == "flex" else (lambda t, window, device: window)
     return Kernels(chosen["scan"], chosen["attn"], attn_window, names)
 
 
