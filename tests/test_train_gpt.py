@@ -198,7 +198,7 @@ class StandInScanKernel:
     @staticmethod
     def bwd(u, delta, A, B, C, D, z, delta_bias, dout, states, out, dz, softplus, recompute_out_z):
         inputs = (u, delta, A, B[:, 0], C[:, 0], D, z, delta_bias)
-        _, vjp = torch.func.vjp(tg._selective_scan_reference, *inputs)  # an operator's body runs below autograd
+        _, vjp = torch.func.vjp(tg.selective_scan_reference, *inputs)  # an operator's body runs below autograd
         du, ddelta, dA, dB, dC, dD, dz, ddelta_bias = vjp(dout)
         return [du, ddelta, dA, dB[:, None], dC[:, None], dD, ddelta_bias, dz]  # the kernel's order
 
