@@ -54,30 +54,42 @@ fi
 COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
 AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
 JOBS=(
-  # name | script | settings
-  "proxy4000_qat|train_gpt.py|ITERATIONS=4000"
-  "proxy4000_noqat|train_gpt.py|ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
-  "proxy1000_qat|train_gpt.py|ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
-  "proxy1000_noqat|train_gpt.py|ITERATIONS=1000 WARMDOWN_ITERS=1750 QAT_START_FRAC=1 TTT_ENABLED=0"
-  "gpu_tests|pytest|"
-  "ab_new_seed1337|train_gpt.py|$AB QAT_START_FRAC=1 SEED=1337"
-  "ab_old_seed1337|/tmp/old_train_gpt.py|$AB SEED=1337"
-  "ab_new_seed42|train_gpt.py|$AB QAT_START_FRAC=1 SEED=42"
-  "ab_old_seed42|/tmp/old_train_gpt.py|$AB SEED=42"
+  # name | command (run in /tmp/runs/NAME; python3 scripts given relative to the repository)
+  "proxy4000_qat|train_gpt.py ITERATIONS=4000"
+  "proxy4000_noqat|train_gpt.py ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
+  "proxy1000_qat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
+  "proxy1000_noqat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 QAT_START_FRAC=1 TTT_ENABLED=0"
+  "gpu_tests|pytest"
+  "ab_new_seed1337|train_gpt.py $AB QAT_START_FRAC=1 SEED=1337"
+  "ab_old_seed1337|/tmp/old_train_gpt.py $AB SEED=1337"
+  "ab_new_seed42|train_gpt.py $AB QAT_START_FRAC=1 SEED=42"
+  "ab_old_seed42|/tmp/old_train_gpt.py $AB SEED=42"
+  "export_variants|after:proxy4000_qat measurements/export_variants.py /tmp/runs/proxy4000_qat/final_model.pt TTT_ENABLED=0"
 )
 for job in "${JOBS[@]}"; do
-  IFS='|' read -r name script settings <<< "$job"
+  IFS='|' read -r name command <<< "$job"
   while [ "$(jobs -rp | wc -l)" -ge "$MAX_PARALLEL" ]; do sleep 2; done
   mkdir -p "$RES/$name" "/tmp/runs/$name"
   say "start $name"
-  if [ "$script" = pytest ]; then
-    (python3 -m pytest -v -rs tests/test_gpu.py > "$RES/$name/output.txt" 2>&1; say "done $name exit $?") &
-  else
-    [ "$script" = train_gpt.py ] && script=/tmp/repo/train_gpt.py
-    (cd "/tmp/runs/$name" && env $COMMON $settings ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 python3 "$script" \
-       > "$RES/$name/output.txt" 2>&1; rc=$?; cp -r logs "$RES/$name/" 2>/dev/null; cp submission*.json "$RES/$name/" 2>/dev/null
-     say "done $name exit $rc") &
-  fi
+  (
+    set -- $command
+    if [ "${1%%:*}" = after ]; then  # wait for another job to finish
+      while [ ! -f "$RES/${1#after:}/rc" ]; do sleep 5; done; shift
+    fi
+    cd "/tmp/runs/$name"
+    if [ "$1" = pytest ]; then
+      (cd /tmp/repo && python3 -m pytest -v -rs tests/test_gpu.py) > "$RES/$name/output.txt" 2>&1
+    else
+      script=$1; shift; args=(); settings=()
+      case "$script" in /*) ;; *) script=/tmp/repo/$script ;; esac
+      for a in "$@"; do case "$a" in *=*) settings+=("$a") ;; *) args+=("$a") ;; esac; done
+      env $COMMON "${settings[@]}" ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 python3 "$script" "${args[@]}" \
+        > "$RES/$name/output.txt" 2>&1
+    fi
+    rc=$?; echo $rc > "$RES/$name/rc"
+    cp -r logs "$RES/$name/" 2>/dev/null; cp submission*.json "$RES/$name/" 2>/dev/null
+    say "done $name exit $rc"
+  ) &
   sleep 5
 done
 wait
