@@ -1,6 +1,7 @@
 """Tests for records.py: log parsing, errors, statistics, submission, folder, plot."""
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -162,12 +163,32 @@ def test_t_test_hand_computed_df2():
     assert p == pytest.approx(0.0608, abs=1e-4)
 
 
-def test_t_sf_df1_is_cauchy_and_tails_are_consistent():
-    for t in (-3.0, -0.5, 0.0, 0.7, 2.0, 31.8):
-        assert records.t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, rel=1e-9)
-        assert records.t_sf(t, 7) + records.t_sf(-t, 7) == pytest.approx(1.0)
-    # a large df approaches the normal tail
-    assert records.t_sf(1.959963985, 1e7) == pytest.approx(0.025, rel=1e-4)
+def test_t_test_df1_is_cauchy():
+    # two seeds: mean 1.91, sample sd 0.01 * sqrt(2), so se = 0.01 and t = 0.015 / 0.01
+    t, df, p = records.one_sided_test([1.90, 1.92], previous=1.93, margin=0.005)
+    assert (df, t) == (1, pytest.approx(1.5, rel=1e-9))
+    assert p == pytest.approx(0.5 - math.atan(1.5) / math.pi, rel=1e-9)  # Cauchy tail: 0.1872
+    # the other side of the target: same |t|, the complementary tail
+    t, _, p = records.one_sided_test([1.93, 1.95], previous=1.93, margin=0.005)
+    assert t == pytest.approx(-1.5, rel=1e-9)
+    assert p == pytest.approx(0.5 + math.atan(1.5) / math.pi, rel=1e-9)
+
+
+def test_t_test_critical_value_from_the_table():
+    # t(0.99, df=4) = 3.746947: a mean exactly that many standard errors below the target gives p = 0.01
+    losses = [1.90, 1.91, 1.92, 1.93, 1.94]  # mean 1.92, sample sd 0.0158114, se 0.00707107
+    target = 1.92 + 3.746947 * statistics.stdev(losses) / math.sqrt(5)
+    t, df, p = records.one_sided_test(losses, previous=target + 0.005, margin=0.005)
+    assert df == 4 and t == pytest.approx(3.746947, rel=1e-9)
+    assert p == pytest.approx(0.01, rel=1e-5)
+
+
+def test_t_test_identical_seeds_and_missing_scipy(monkeypatch):
+    assert records.one_sided_test([1.9, 1.9, 1.9], previous=1.93, margin=0.005)[1:] == (2, 0.0)
+    assert records.one_sided_test([1.9, 1.9, 1.9], previous=1.90, margin=0.005)[1:] == (2, 1.0)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # makes `from scipy import stats` fail
+    with pytest.raises(records.RecordsError, match="needs scipy"):
+        records.one_sided_test([1.90, 1.91], previous=1.93, margin=0.005)
 
 
 def test_table_cli_reports_verdict(tmp_path):
