@@ -26,6 +26,10 @@ class RecordsError(Exception):
     """A problem with the input; main() prints it as one line and exits 2."""
 
 
+class EvalOnlyLog(RecordsError):
+    """The log of an EVAL_ONLY=1 run: it re-scored an artifact and trained nothing."""
+
+
 @dataclass
 class Run:
     source: Path
@@ -34,6 +38,7 @@ class Run:
     val_bpb: float
     bytes_total: int | None = None
     bytes_code: int | None = None
+    bytes_model: int | None = None
     steps: int | None = None
     train_time_s: float | None = None
     eval_time_s: float | None = None
@@ -69,6 +74,7 @@ LINE_PATTERNS = {
     "ttt": rf"legal_ttt_exact val_loss:{_num('loss')} val_bpb:{_num('bpb')} "
            rf"eval_time:{_int('eval_ms')}ms",
     "ttt_start": rf"ttt: {_int('chunks')} chunks of {_int('chunk_tokens')} tokens, score first, then adapt",
+    "eval_only": r"eval_only: scoring (?P<artifact>.+)",
 }
 LINE_PATTERNS = {kind: re.compile(p) for kind, p in LINE_PATTERNS.items()}
 
@@ -100,6 +106,9 @@ def parse_log(path: Path) -> Run:
                 val_curve.append((steps, train_ms / 1000, float(g["bpb"])))
             break
 
+    if "eval_only" in last:  # no training, so no seed table row: load_runs leaves it out
+        raise EvalOnlyLog(f"{path}: an eval-only run (it re-scored {last['eval_only']['artifact']}), "
+                          "not a training run; left out")
     missing = [what for absent, what in [
         ("ttt" not in last and "roundtrip" not in last, "truncated: no final "
          "'legal_ttt_exact' or 'final_int8_zstd_roundtrip_exact' result line"),
@@ -117,8 +126,8 @@ def parse_log(path: Path) -> Run:
     return Run(source=path, seed=int(last["seed"]["seed"]),
                val_loss=float(last[final]["loss"]), val_bpb=float(last[final]["bpb"]),
                bytes_total=int(art["total"]), bytes_code=int(art["code"]),
-               steps=steps, train_time_s=train_ms / 1000, eval_time_s=eval_ms / 1000,
-               final=final, train_curve=train_curve, val_curve=val_curve)
+               bytes_model=int(art["model"]), steps=steps, train_time_s=train_ms / 1000,
+               eval_time_s=eval_ms / 1000, final=final, train_curve=train_curve, val_curve=val_curve)
 
 
 def parse_run_json(path: Path) -> Run:
@@ -134,7 +143,7 @@ def parse_run_json(path: Path) -> Run:
     missing = [k for k in ("val_loss", "val_bpb", "seed") if k not in data]
     if missing:
         raise RecordsError(f"{path}: missing key(s) {', '.join(missing)}")
-    fields = {k: data.get(k) for k in SEED_KEYS + ("bytes_code",)}
+    fields = {k: data.get(k) for k in SEED_KEYS + ("bytes_code", "bytes_model")}
     for key, value in fields.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             raise RecordsError(f"{path}: key {key} is not a number ({value!r})")
@@ -160,7 +169,14 @@ def load_runs(paths: list[str]) -> list[Run]:
             files.append(p)
         else:
             raise RecordsError(f"{p}: no such file or directory")
-    runs = [parse_run_json(f) if f.suffix == ".json" else parse_log(f) for f in files]
+    runs = []
+    for f in files:
+        try:
+            runs.append(parse_run_json(f) if f.suffix == ".json" else parse_log(f))
+        except EvalOnlyLog as e:  # e.g. a reviewer's re-score in the same logs/ folder
+            print(f"warning: {e}", file=sys.stderr)
+    if not runs:
+        raise RecordsError(f"{', '.join(paths)}: no training run among the given logs")
     for run in runs:  # a diverged run (nan) would silently poison the mean and the test
         if not (math.isfinite(run.val_loss) and math.isfinite(run.val_bpb)):
             raise RecordsError(f"{run.source}: final val_loss/val_bpb is not finite")
@@ -175,58 +191,23 @@ def load_runs(paths: list[str]) -> list[Run]:
 
 
 # --- Statistics --------------------------------------------------------------
-# Student-t tail via the regularized incomplete beta function, so that no
-# scipy is needed: P(T > |t|) = 0.5 * I_x(df/2, 1/2) with x = df / (df + t^2).
-
-def _beta_cf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        for coef in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                     -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + coef * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + coef / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            return h
-    raise ArithmeticError("incomplete beta continued fraction did not converge")
-
-
-def reg_inc_beta(a: float, b: float, x: float) -> float:
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _beta_cf(a, b, x) / a
-    return 1.0 - front * _beta_cf(b, a, 1.0 - x) / b
-
-
-def t_sf(t: float, df: float) -> float:
-    """P(T > t) for Student's t with df degrees of freedom."""
-    if math.isinf(t):
-        return 0.0 if t > 0 else 1.0
-    tail = 0.5 * reg_inc_beta(df / 2.0, 0.5, df / (df + t * t))
-    return tail if t > 0 else 1.0 - tail
-
 
 def one_sided_test(losses: list[float], previous: float, margin: float):
-    """t-test of H1: mean(losses) < previous - margin. Returns (t, df, p)."""
+    """t-test of H1: mean(losses) < previous - margin. Returns (t, df, p).
+
+    t is positive when the mean beats the target (previous - margin)."""
     n = len(losses)
-    gap = (previous - margin) - statistics.fmean(losses)
-    sd = statistics.stdev(losses)
-    if sd == 0.0:  # identical seeds: the gap alone decides
-        t = math.inf if gap > 0 else -math.inf
-    else:
-        t = gap / (sd / math.sqrt(n))
-    return t, n - 1, t_sf(t, n - 1)
+    target = previous - margin
+    if statistics.stdev(losses) == 0.0:  # identical seeds: the gap alone decides
+        better = statistics.fmean(losses) < target
+        return (math.inf, n - 1, 0.0) if better else (-math.inf, n - 1, 1.0)
+    try:  # imported here so that the other subcommands work without it
+        from scipy import stats
+    except ImportError:
+        raise RecordsError("the t-test needs scipy (pip install scipy)") from None
+    result = stats.ttest_1samp(losses, popmean=target, alternative="less")
+    # scipy's statistic is (mean - target) / se; report it with our sign (positive = better)
+    return -float(result.statistic), n - 1, float(result.pvalue)
 
 
 # --- Subcommands -------------------------------------------------------------
@@ -294,8 +275,53 @@ def combined_submission(runs: list[Run], args, bytes_code=None) -> dict:
     }
 
 
+def check_date(date: str) -> None:
+    """--date must be a real calendar day written YYYY-MM-DD."""
+    try:
+        valid = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", date)) and bool(datetime.date.fromisoformat(date))
+    except ValueError:
+        valid = False
+    if not valid:
+        raise RecordsError(f"--date {date}: expected a date written YYYY-MM-DD, e.g. 2025-01-31")
+
+
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+
+ARTIFACT_NAME = "final_model_seed{seed}.int8.ptz"  # a seed's artifact, beside its log and in a folder
+PER_SEED_FILES = ("train_seed*.log", "final_model_seed*.int8.ptz")  # what folder writes per seed
+
+
+def parse_artifact_options(options: list[str]) -> dict[int, Path]:
+    """--artifact SEED=PATH options as {seed: path}."""
+    given = {}
+    for option in options or []:
+        seed, sep, path = option.partition("=")
+        if not sep or not seed.strip().isdigit() or not path:
+            raise RecordsError(f"--artifact {option}: expected SEED=PATH")
+        given[int(seed)] = Path(path)
+    return given
+
+
+def find_artifact(run: Run, given: dict[int, Path]) -> Path:
+    """A run's compressed model: --artifact SEED=PATH, else beside its log as
+    final_model_seed<SEED>.int8.ptz or <log name without suffix>.int8.ptz.
+    Its size must be the bytes_model the log reports, so a stale or swapped file is caught."""
+    if run.seed in given:
+        candidates = [given[run.seed]]
+    else:
+        candidates = [run.source.parent / ARTIFACT_NAME.format(seed=run.seed),
+                      run.source.with_suffix(".int8.ptz")]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise RecordsError(f"{run.source}: no artifact for seed {run.seed} (looked for "
+                           f"{' and '.join(map(str, candidates))}; give --artifact {run.seed}=PATH)")
+    size = found.stat().st_size
+    if run.bytes_model is not None and size != run.bytes_model:
+        raise RecordsError(f"{found}: {size} bytes, but the log of seed {run.seed} reports "
+                           f"bytes_model:{run.bytes_model}; is this that run's artifact?")
+    return found
 
 
 def build_folder(runs: list[Run], args) -> Path:
@@ -305,9 +331,19 @@ def build_folder(runs: list[Run], args) -> Path:
     if not_logs:
         raise RecordsError(f"{not_logs[0]}: a record folder needs each run's training log")
     # check every input before writing anything, so a failure leaves no half folder
+    if out.exists() and not out.is_dir():
+        raise RecordsError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise RecordsError(f"{out}: folder exists and is not empty; pass --force to replace "
+                           "the files this command writes")
     for given in (script, args.readme, args.requirements):
         if given and not Path(given).is_file():
             raise RecordsError(f"{given}: file not found")
+    given = parse_artifact_options(args.artifact)
+    unknown = sorted(set(given) - {r.seed for r in runs})
+    if unknown:
+        raise RecordsError(f"--artifact {unknown[0]}=...: no run has seed {unknown[0]}")
+    artifacts = {r.seed: find_artifact(r, given) for r in runs}
     code_bytes = script.stat().st_size
     for r in runs:  # the logs must come from the script being submitted
         if r.bytes_code is not None and r.bytes_code != code_bytes:
@@ -315,9 +351,15 @@ def build_folder(runs: list[Run], args) -> Path:
                   f"size {code_bytes}; is this the script that ran?", file=sys.stderr)
     sub = combined_submission(runs, args, bytes_code=code_bytes)
     out.mkdir(parents=True, exist_ok=True)
+    # With --force: a seed log or artifact from an earlier assembly would join the
+    # folder's seed table (`records.py table .`), so those go; other files stay.
+    for pattern in PER_SEED_FILES:
+        for stale in out.glob(pattern):
+            stale.unlink()
     shutil.copyfile(script, out / "train_gpt.py")
     for r in runs:
         shutil.copyfile(r.source, out / f"train_seed{r.seed}.log")
+        shutil.copyfile(artifacts[r.seed], out / ARTIFACT_NAME.format(seed=r.seed))
     _write_json(out / "submission.json", sub)
     if requirements.is_file():
         shutil.copyfile(requirements, out / "requirements.txt")
@@ -341,7 +383,11 @@ def generated_readme(runs: list[Run], sub: dict) -> str:
     spread = (f" ± {statistics.stdev(r.val_bpb for r in runs):.8f} (sample sd)"
               if len(runs) > 1 else "")
     lines += ["", f"Mean val_bpb {sub['val_bpb']:.8f}{spread}, mean val_loss "
-              f"{sub['val_loss']:.8f}, largest artifact {sub['bytes_total']} bytes.", ""]
+              f"{sub['val_loss']:.8f}, largest artifact {sub['bytes_total']} bytes.", "",
+              "Re-score a seed's artifact from this folder, with the data in place:", "", "```bash",
+              f"eval \"$(python3 records.py settings train_seed{runs[0].seed}.log)\"",
+              f"EVAL_ONLY=1 ARTIFACT={ARTIFACT_NAME.format(seed=runs[0].seed)} "
+              "torchrun --standalone --nproc_per_node=8 train_gpt.py", "```", ""]
     return "\n".join(lines)
 
 
@@ -420,6 +466,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--script", required=True, help="the training script (copied as train_gpt.py)")
     p.add_argument("--readme", help="README.md to copy (default: a generated one)")
     p.add_argument("--requirements", help="default: requirements.txt beside the script")
+    p.add_argument("--artifact", action="append", metavar="SEED=PATH",
+                   help="a seed's final_model.int8.ptz (repeatable; default: "
+                        "final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz beside its log)")
+    p.add_argument("--force", action="store_true",
+                   help="write into an existing, non-empty folder (its per-seed logs and "
+                        "artifacts are replaced, other files kept)")
     p = with_runs("plot", "loss curves against steps and wall-clock (PNG)")
     p.add_argument("-o", "--output", required=True)
     p = sub.add_parser("settings", help="print a run's settings as shell exports, to re-score its artifact")
@@ -431,8 +483,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         date = getattr(args, "date", None)
-        if date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", date):
-            raise RecordsError(f"--date {date}: expected YYYY-MM-DD")
+        if date is not None:
+            check_date(date)
         if args.command == "settings":
             print(settings_exports(args.log))
             return 0

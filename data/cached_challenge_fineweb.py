@@ -5,31 +5,34 @@
     python3 data/cached_challenge_fineweb.py --variant sp1024 --mirror /shared/parameter-golf
     python3 data/cached_challenge_fineweb.py --variant sp1024 --check
 
-Files land in <out>/datasets/fineweb10B_<variant>/ and <out>/tokenizers/.
+Files land in <out>/datasets/fineweb10B_<variant>/ and <out>/tokenizers/. The hub is reached
+through huggingface_hub.hf_hub_download, as the challenge's own script of this name does, so
+HF_TOKEN, HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE and its other settings apply, and
+so do that script's MATCHED_FINEWEB_REPO_ID and MATCHED_FINEWEB_REMOTE_ROOT_PREFIX.
 data/README.md describes the layout, the shard format and the manifest shapes read.
 """
 from __future__ import annotations
 
 import argparse
 import errno
-import http.client
+import hashlib
+import importlib.util
 import json
 import os
+import re
 import shutil
 import sys
-import tempfile
 import threading
-import urllib.error
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-HUB_REPO = "willdepueoai/parameter-golf"
-HUB_URL = f"https://huggingface.co/datasets/{HUB_REPO}/resolve/main"
-HUB_ROOT = "datasets"  # the export sits in this folder of the dataset repository
+# The dataset repository and the folder of it that holds the export; the environment variables
+# are the challenge's script's, so that its users' settings keep working here.
+DEFAULT_REPO_ID = "willdepueoai/parameter-golf"
+DEFAULT_REMOTE_ROOT = "datasets"
 
 SHARD_MAGIC = 20240520
 SHARD_VERSION = 1
@@ -39,7 +42,9 @@ BOS_ID = 1
 
 # variant -> (vocabulary size, SentencePiece model published for it)
 VARIANTS = {
+    "sp512": (512, "fineweb_512_bpe.model"),
     "sp1024": (1024, "fineweb_1024_bpe.model"),
+    "sp2048": (2048, "fineweb_2048_bpe.model"),
     "sp4096": (4096, "fineweb_4096_bpe.model"),
     "sp8192": (8192, "fineweb_8192_bpe.model"),
     "byte260": (260, None),  # bytes plus specials: no SentencePiece model
@@ -48,8 +53,8 @@ VARIANTS = {
 DEFAULT_VAL_SHARDS = 1
 
 SCAN_TOKENS = 1 << 24  # tokens per step when scanning a shard (32 MiB of uint16)
-COPY_BYTES = 1 << 20
-HTTP_TIMEOUT_S = 60
+HASH_BYTES = 1 << 24
+SHA256 = re.compile(r"[0-9a-f]{64}")
 
 # Set when one download fails or the user interrupts, so the other workers stop early.
 _stop = threading.Event()
@@ -112,6 +117,7 @@ class Item:
     local: Path
     size: int | None  # expected bytes, when the manifest says
     shard: bool
+    sha256: str | None = None  # expected checksum, when the manifest says
 
 
 def find_variant_entry(manifest: dict, variant: str) -> dict | None:
@@ -140,21 +146,22 @@ def plain_name(name: object, what: str) -> str:
     return name
 
 
-def shard_specs(entry: dict, split: str) -> list[tuple[str, int | None]] | None:
-    """(name, expected bytes) of a split's shards as the manifest gives them, or None."""
+def shard_specs(entry: dict, split: str) -> list[tuple[str, int | None, str | None]] | None:
+    """(name, expected bytes, expected sha256) of a split's shards as the manifest gives them,
+    or None."""
     listed = entry.get(split)
     if listed is None and isinstance(entry.get("stats"), dict):
         listed = entry["stats"].get(f"files_{split}")
     if listed is None:
         return None
     if isinstance(listed, int) and not isinstance(listed, bool):
-        return [(standard_shard_name(split, i), None) for i in range(listed)]
+        return [(standard_shard_name(split, i), None, None) for i in range(listed)]
     if not isinstance(listed, list):
         raise DataError(f"manifest: '{split}' must be a list of shards or a count")
     specs = []
     for shard in listed:
         if isinstance(shard, str):
-            specs.append((plain_name(shard, f"a {split} shard"), None))
+            specs.append((plain_name(shard, f"a {split} shard"), None, None))
             continue
         if not isinstance(shard, dict):
             raise DataError(f"manifest: bad {split} shard entry {shard!r}")
@@ -165,7 +172,11 @@ def shard_specs(entry: dict, split: str) -> list[tuple[str, int | None]] | None:
             size = None if size is None else int(size)
         except (TypeError, ValueError):
             raise DataError(f"manifest: bad size in {split} shard entry {shard!r}") from None
-        specs.append((plain_name(shard.get("name"), f"a {split} shard"), size))
+        sha256 = shard.get("sha256")
+        if sha256 is not None and not (isinstance(sha256, str) and SHA256.fullmatch(sha256.lower())):
+            raise DataError(f"manifest: bad sha256 in {split} shard entry {shard!r}")
+        specs.append((plain_name(shard.get("name"), f"a {split} shard"), size,
+                      sha256 and sha256.lower()))
     return specs
 
 
@@ -213,36 +224,23 @@ def build_plan(manifest: dict | None, variant: str, train_shards: int, out: Path
 
     val = shard_specs(entry, "val")
     if val is None:
-        val = [(standard_shard_name("val", i), None) for i in range(DEFAULT_VAL_SHARDS)]
+        val = [(standard_shard_name("val", i), None, None) for i in range(DEFAULT_VAL_SHARDS)]
     train = shard_specs(entry, "train")
     if train is None:
-        train = [(standard_shard_name("train", i), None) for i in range(train_shards)]
+        train = [(standard_shard_name("train", i), None, None) for i in range(train_shards)]
     elif len(train) < train_shards:
         raise DataError(f"{variant} has only {len(train)} train shards in the manifest, "
                         f"asked for {train_shards}")
 
     items = [Item(path, out / "tokenizers" / Path(path).name, None, False)
              for path in tokenizer_paths(manifest or {}, entry, variant)]
-    for name, size in val + train[:train_shards]:
+    for name, size, sha256 in val + train[:train_shards]:
         items.append(Item(f"datasets/{dataset_dir}/{name}",
-                          out / "datasets" / dataset_dir / name, size, True))
+                          out / "datasets" / dataset_dir / name, size, True, sha256))
     return items
 
 
 # ---------------------------------------------------------------- sources
-
-def fetch_remote(repo_path: str, dest: Path) -> None:
-    """Download one file of the hub repository into dest, overwriting it.
-
-    urllib and OS errors propagate; Hub.fetch words them. Tests replace this function.
-    """
-    with urllib.request.urlopen(f"{HUB_URL}/{repo_path}", timeout=HTTP_TIMEOUT_S) as response, \
-            open(dest, "wb") as out:
-        while block := response.read(COPY_BYTES):
-            if _stop.is_set():
-                raise Stopped()
-            out.write(block)
-
 
 def read_manifest_file(path: Path, where: str) -> dict:
     try:
@@ -254,43 +252,151 @@ def read_manifest_file(path: Path, where: str) -> dict:
     return manifest
 
 
+def link_or_copy(source: Path, dest: Path, copy: bool = False) -> None:
+    """Hard-link source to dest (no extra disk space), or copy it where a link does not work."""
+    if not copy:
+        try:
+            os.link(source, dest)
+            return
+        except OSError:
+            pass  # another filesystem, or links not allowed: copy instead
+    shutil.copyfile(source, dest)
+
+
+def first_line(error: BaseException | None) -> str:
+    if error is None:
+        return "no reason given"
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if status is not None:
+        return f"HTTP {status}"
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
+
+
+def stop_aware_bar():
+    """huggingface_hub's progress bar class, made to stop a download once another one failed
+    or the user pressed Ctrl-C: hf_hub_download calls update() for every chunk it receives,
+    and nothing else in it can be interrupted from another thread. (Its own bar is kept, so
+    HF_HUB_DISABLE_PROGRESS_BARS and its terminal detection still apply.)"""
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class StopAwareBar(hf_tqdm):
+        def update(self, n=1):
+            if _stop.is_set():
+                raise Stopped()
+            return super().update(n)
+
+    return StopAwareBar
+
+
 class Hub:
-    """The Hugging Face dataset repository, over plain HTTPS."""
+    """The Hugging Face dataset repository, through huggingface_hub.hf_hub_download.
+
+    Each file goes into the shared HF cache (HF_HOME / HF_HUB_CACHE) and is then hard-linked,
+    or copied, into the output folder, as the challenge's script does. The token (HF_TOKEN),
+    endpoint (HF_ENDPOINT), retries, resuming a cut transfer and offline use of the cache
+    (HF_HUB_OFFLINE=1) are huggingface_hub's."""
+
+    def __init__(self, repo_id: str, root: str):
+        # imported lazily, so that --mirror and --check work without it
+        if importlib.util.find_spec("huggingface_hub") is None:
+            raise DataError("downloading from the hub needs huggingface_hub (pip install "
+                            "huggingface_hub); --mirror and --check work without it")
+        self.repo_id = repo_id
+        self.root = root.strip("/")
+        self.bar = stop_aware_bar()
+
+    def repo_path(self, remote: str) -> str:
+        return f"{self.root}/{remote}" if self.root else remote
+
+    def url(self, remote: str) -> str:
+        from huggingface_hub import hf_hub_url
+        return hf_hub_url(self.repo_id, self.repo_path(remote), repo_type="dataset")
 
     def describe(self) -> str:
-        return f"{HUB_URL}/{HUB_ROOT}"
+        from huggingface_hub import constants
+        return f"{constants.ENDPOINT}/datasets/{self.repo_id}/tree/main/{self.root}".removesuffix("/")
 
-    def manifest(self) -> dict:
-        # The hub always publishes a manifest, so a missing one is an error (not found).
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "manifest.json"
-            self.fetch("manifest.json", path)
-            return read_manifest_file(path, f"{HUB_ROOT}/manifest.json on the hub")
-
-    def fetch(self, remote: str, dest: Path) -> None:
-        repo_path = f"{HUB_ROOT}/{remote}"
-        url = f"{HUB_URL}/{repo_path}"
+    def download(self, remote: str) -> Path:
+        """The file's path in the HF cache, downloading it there when it is not yet."""
+        from huggingface_hub import hf_hub_download
         try:
-            fetch_remote(repo_path, dest)
-        except urllib.error.HTTPError as e:
-            # The hub answers 401 rather than 404 for a repository that does not exist.
-            if e.code in (401, 403, 404):
-                raise DataError(f"not found on the hub (HTTP {e.code}): {url} "
-                                f"(check the repository {HUB_REPO} and the variant)") from None
-            raise DataError(f"the hub answered HTTP {e.code} for {url}") from None
-        except (urllib.error.URLError, http.client.HTTPException, ConnectionError,
-                TimeoutError) as e:
-            reason = getattr(e, "reason", None) or str(e) or type(e).__name__
-            raise DataError(f"network failure fetching {url}: {reason}") from None
+            return Path(hf_hub_download(self.repo_id, self.repo_path(remote), repo_type="dataset",
+                                        tqdm_class=self.bar))
+        except Stopped:
+            raise
+        except Exception as e:
+            explained = self.explain(e, remote)
+            if explained is e:
+                raise
+            raise explained from None
+
+    def explain(self, e: Exception, remote: str) -> Exception:
+        """huggingface_hub's failure as a one-line DataError; anything else is returned as is
+        (a full disk, for one, is worded by fetch_item)."""
+        from huggingface_hub import constants
+        from huggingface_hub import errors as hf
+        url = self.url(remote)
+        if isinstance(e, hf.GatedRepoError):
+            return DataError(f"{self.repo_id} is a gated repository: accept its terms on the hub "
+                             f"and set HF_TOKEN ({first_line(e)}: {url})")
+        if isinstance(e, hf.RepositoryNotFoundError):
+            return DataError(f"repository {self.repo_id} not found on {constants.ENDPOINT} "
+                             f"({first_line(e)}); check MATCHED_FINEWEB_REPO_ID, or set HF_TOKEN "
+                             f"if it is private")
+        # LocalEntryNotFoundError comes before EntryNotFoundError, which it is a kind of.
+        if isinstance(e, hf.LocalEntryNotFoundError):
+            if constants.HF_HUB_OFFLINE or isinstance(e.__cause__, hf.OfflineModeIsEnabled):
+                return DataError(f"HF_HUB_OFFLINE is set and {self.repo_path(remote)} of "
+                                 f"{self.repo_id} is not in the HF cache")
+            return DataError(f"network failure fetching {url}: {first_line(e.__cause__)}")
+        if isinstance(e, hf.EntryNotFoundError):
+            return DataError(f"not found on the hub ({first_line(e)}): {url} (check the variant "
+                             f"and MATCHED_FINEWEB_REMOTE_ROOT_PREFIX)")
+        if isinstance(e, hf.HfHubHTTPError):
+            return DataError(f"the hub answered {first_line(e)} for {url}")
+        if type(e).__module__.split(".")[0] in ("httpx", "httpx2", "requests", "urllib3"):
+            return DataError(f"network failure fetching {url}: {first_line(e)}")
+        if isinstance(e, OSError) and str(e).startswith("Consistency check failed"):
+            # huggingface_hub got a different number of bytes than the hub announced
+            return DataError(f"downloaded {remote} failed validation ({first_line(e)}); removed it")
+        return e
+
+    def manifest_file(self) -> tuple[Path, str]:
+        # The hub always publishes a manifest, so a missing one is an error (not found).
+        return self.download("manifest.json"), self.url("manifest.json")
+
+    def fetch(self, remote: str, dest: Path) -> str | None:
+        """Put the file at dest; return the sha256 the hub gives for it, if it gives one."""
+        blob = self.download(remote).resolve()
+        link_or_copy(blob, dest)
+        # The cache names a blob after its ETag, which for a file stored with LFS or Xet (the
+        # shards, the tokenizer models) is the sha256 of its content.
+        return blob.name if SHA256.fullmatch(blob.name) else None
+
+    def forget(self, remote: str) -> str:
+        """Remove a file that failed validation from the HF cache, so that a rerun downloads it
+        again instead of reusing it; returns a note for the error message."""
+        from huggingface_hub import try_to_load_from_cache
+        pointer = try_to_load_from_cache(self.repo_id, self.repo_path(remote), repo_type="dataset")
+        if not isinstance(pointer, str):
+            return ""
+        blob = Path(pointer).resolve()
+        try:
+            blob.unlink(missing_ok=True)
+            Path(pointer).unlink(missing_ok=True)
+        except OSError as e:
+            return f"; could not remove it from the HF cache ({e.strerror}): delete {blob}"
+        return " (and from the HF cache)"
 
 
 class Mirror:
     """A local or shared copy of the export; files are hard-linked when possible."""
 
-    def __init__(self, path: Path, copy: bool):
-        # Either a copy of the hub repository (the export under DIR/datasets/) or a folder
+    def __init__(self, path: Path, copy: bool, root: str = DEFAULT_REMOTE_ROOT):
+        # Either a copy of the hub repository (the export under DIR/<root>/) or a folder
         # laid out like our output (DIR/datasets/fineweb10B_*, DIR/tokenizers).
-        hub_like = path / HUB_ROOT
+        hub_like = path / root.strip("/")
         if (hub_like / "datasets").is_dir() or (hub_like / "manifest.json").is_file():
             self.root = hub_like
         elif (path / "datasets").is_dir():
@@ -302,21 +408,39 @@ class Mirror:
     def describe(self) -> str:
         return str(self.root)
 
-    def manifest(self) -> dict | None:
+    def manifest_file(self) -> tuple[Path, str] | None:
         path = self.root / "manifest.json"
-        return read_manifest_file(path, str(path)) if path.is_file() else None
+        return (path, str(path)) if path.is_file() else None
 
     def fetch(self, remote: str, dest: Path) -> None:
         source = self.root / remote
         if not source.is_file():
             raise DataError(f"not in the mirror: {source}")
-        if not self.copy:
-            try:
-                os.link(source, dest)
-                return
-            except OSError:
-                pass  # another filesystem, or links not allowed: copy instead
-        shutil.copyfile(source, dest)
+        link_or_copy(source, dest, self.copy)
+
+    def forget(self, remote: str) -> str:
+        return ""  # the mirror's own file is left alone
+
+
+def load_manifest(source: Hub | Mirror, out: Path, skip: bool) -> dict | None:
+    """The source's manifest, also stored as <out>/manifest.json; with skip, the stored one."""
+    stored = out / "manifest.json"
+    if skip:
+        if stored.is_file():
+            return read_manifest_file(stored, str(stored))
+        print(f"warning: --skip-manifest and no {stored}: using the standard file names",
+              file=sys.stderr)
+        return None
+    found = source.manifest_file()
+    if found is None:
+        return None
+    path, where = found
+    manifest = read_manifest_file(path, where)
+    out.mkdir(parents=True, exist_ok=True)
+    part = stored.with_name(stored.name + ".part")
+    shutil.copyfile(path, part)
+    os.replace(part, stored)
+    return manifest
 
 
 # ---------------------------------------------------------------- download
@@ -335,17 +459,30 @@ def is_complete(item: Item) -> bool:
     return True
 
 
-def verify(part: Path, item: Item, vocab_size: int) -> None:
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(HASH_BYTES):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(part: Path, item: Item, vocab_size: int, hub_sha256: str | None) -> None:
+    """Size and checksum against what the manifest and the hub say; a shard's header and tokens."""
     size = part.stat().st_size
-    try:
-        if item.size is not None and size != item.size:
-            raise BadShard(f"{size} bytes where the manifest says {item.size}")
-        if item.shard:
-            scan_tokens(part, shard_token_count(part), vocab_size)
-        elif size == 0:
-            raise BadShard("empty file")
-    except BadShard as e:
-        raise DataError(f"downloaded {item.remote} failed validation ({e}); removed it") from None
+    if item.size is not None and size != item.size:
+        raise BadShard(f"{size} bytes where the manifest says {item.size}")
+    expected = [(sha, who) for sha, who in ((item.sha256, "the manifest"), (hub_sha256, "the hub"))
+                if sha]
+    if expected:
+        actual = file_sha256(part)
+        for sha, who in expected:
+            if actual != sha:
+                raise BadShard(f"sha256 {actual[:16]}... where {who} says {sha[:16]}...")
+    if item.shard:
+        scan_tokens(part, shard_token_count(part), vocab_size)
+    elif size == 0:
+        raise BadShard("empty file")
 
 
 def fetch_item(source: Hub | Mirror, item: Item, vocab_size: int) -> str:
@@ -355,11 +492,16 @@ def fetch_item(source: Hub | Mirror, item: Item, vocab_size: int) -> str:
     if _stop.is_set():
         raise Stopped()
     part = item.local.with_name(item.local.name + ".part")
-    # A .part left by an interrupted run is started again from zero.
+    # A .part left by an interrupted run is started again.
     part.unlink(missing_ok=True)
     try:
-        source.fetch(item.remote, part)
-        verify(part, item, vocab_size)
+        hub_sha256 = source.fetch(item.remote, part)
+        try:
+            verify(part, item, vocab_size, hub_sha256)
+        except BadShard as e:
+            part.unlink(missing_ok=True)
+            raise DataError(f"downloaded {item.remote} failed validation ({e}); "
+                            f"removed it{source.forget(item.remote)}") from None
         os.replace(part, item.local)
     except OSError as e:
         part.unlink(missing_ok=True)
@@ -374,27 +516,21 @@ def fetch_item(source: Hub | Mirror, item: Item, vocab_size: int) -> str:
 
 
 class Progress:
-    """tqdm when installed, else one stderr line per finished file."""
+    """One stderr line per finished file, through tqdm.write where tqdm is installed so that
+    huggingface_hub's byte progress bars (shown on a terminal) are not torn."""
 
     def __init__(self, total: int):
         try:
             from tqdm import tqdm
+            self.write = lambda line: tqdm.write(line, file=sys.stderr)
         except ImportError:
-            tqdm = None
-        self.bar = tqdm(total=total, unit="file", file=sys.stderr) if tqdm else None
+            self.write = lambda line: print(line, file=sys.stderr)
         self.done = 0
         self.total = total
 
     def advance(self, item: Item, outcome: str) -> None:
         self.done += 1
-        if self.bar is not None:
-            self.bar.update(1)
-        else:
-            print(f"[{self.done}/{self.total}] {outcome}: {item.local.name}", file=sys.stderr)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.write(f"[{self.done}/{self.total}] {outcome}: {item.local.name}")
 
 
 def download(source: Hub | Mirror, items: list[Item], vocab_size: int, workers: int) -> dict:
@@ -417,7 +553,6 @@ def download(source: Hub | Mirror, items: list[Item], vocab_size: int, workers: 
     finally:
         # Waiting here lets interrupted workers remove their .part files.
         pool.shutdown(wait=True, cancel_futures=True)
-        progress.close()
     return counts
 
 
@@ -460,8 +595,10 @@ def check(dataset_dir: Path, vocab_size: int) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    # The challenge's script takes the shard count as a bare number too.
+    parser.add_argument("train_shards_positional", nargs="?", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="sp1024", help=f"one of {', '.join(VARIANTS)}")
-    parser.add_argument("--train-shards", type=int, default=80,
+    parser.add_argument("--train-shards", type=int,
                         help="how many train shards to take, from the first (default 80)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent,
                         help="output root (default: the folder of this script)")
@@ -470,6 +607,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="take the files from this local/shared folder instead of the hub")
     parser.add_argument("--copy", action="store_true",
                         help="with --mirror: copy even where hard links would work")
+    parser.add_argument("--skip-manifest", action="store_true",
+                        help="do not fetch manifest.json; use <out>/manifest.json if there, "
+                             "else the standard file names")
     parser.add_argument("--check", action="store_true",
                         help="only validate the shards already under --out")
     return parser.parse_args(argv)
@@ -481,7 +621,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown variant {args.variant!r} (known: {', '.join(VARIANTS)})",
               file=sys.stderr)
         return 2
-    if args.train_shards < 0 or args.workers < 1:
+    counts_given = {n for n in (args.train_shards, args.train_shards_positional) if n is not None}
+    if len(counts_given) > 1:
+        print("error: two different train shard counts given (a bare number and --train-shards)",
+              file=sys.stderr)
+        return 2
+    train_shards = counts_given.pop() if counts_given else 80
+    if train_shards < 0 or args.workers < 1:
         print("error: --train-shards must be >= 0 and --workers >= 1", file=sys.stderr)
         return 2
     vocab_size = VARIANTS[args.variant][0]
@@ -489,9 +635,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return check(args.out / "datasets" / f"fineweb10B_{args.variant}", vocab_size)
 
+    remote_root = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", DEFAULT_REMOTE_ROOT)
     try:
-        source = Mirror(args.mirror, args.copy) if args.mirror else Hub()
-        items = build_plan(source.manifest(), args.variant, args.train_shards, args.out)
+        if args.mirror:
+            source = Mirror(args.mirror, args.copy, remote_root)
+        else:
+            source = Hub(os.environ.get("MATCHED_FINEWEB_REPO_ID") or DEFAULT_REPO_ID, remote_root)
+        manifest = load_manifest(source, args.out, args.skip_manifest)
+        items = build_plan(manifest, args.variant, train_shards, args.out)
         counts = download(source, items, vocab_size, args.workers)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,6 +1,7 @@
 """Tests for records.py: log parsing, errors, statistics, submission, folder, plot."""
 import json
 import math
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -49,13 +50,23 @@ def make_log(seed=1337, val_loss=1.93654321, val_bpb=1.14701234, ttt=True,
     return "\n".join(lines) + "\n"
 
 
-def write_runs(tmp_path, losses, bpbs=None):
+def make_eval_only_log(seed=1000, artifact="final_model.int8.ptz"):
+    """What an EVAL_ONLY=1 re-score logs: no training progress, then the usual final lines."""
+    return "\n".join([
+        SOURCE_NOISE.rstrip("\n"), f"seed:{seed}", "kernels: scan:reference conv:reference attn:reference",
+        f"eval_only: scoring {artifact}",
+        "artifact bytes_code:61234 bytes_model:15000000 bytes_total:15061234",
+        "final_int8_zstd_roundtrip_exact val_loss:1.95123456 val_bpb:1.15612345 eval_time:41234ms",
+        "legal_ttt_exact val_loss:1.93654321 val_bpb:1.14701234 eval_time:498765ms"]) + "\n"
+
+
+def write_runs(tmp_path, losses, bpbs=None, bytes_total=15_000_000):
     paths = []
     for i, loss in enumerate(losses):
         bpb = bpbs[i] if bpbs else loss * 0.6
         p = tmp_path / f"run{i}.txt"
         p.write_text(make_log(seed=1000 + i, val_loss=loss, val_bpb=bpb,
-                             bytes_total=15_000_000 + i))
+                             bytes_total=bytes_total + i))
         paths.append(str(p))
     return paths
 
@@ -162,12 +173,32 @@ def test_t_test_hand_computed_df2():
     assert p == pytest.approx(0.0608, abs=1e-4)
 
 
-def test_t_sf_df1_is_cauchy_and_tails_are_consistent():
-    for t in (-3.0, -0.5, 0.0, 0.7, 2.0, 31.8):
-        assert records.t_sf(t, 1) == pytest.approx(0.5 - math.atan(t) / math.pi, rel=1e-9)
-        assert records.t_sf(t, 7) + records.t_sf(-t, 7) == pytest.approx(1.0)
-    # a large df approaches the normal tail
-    assert records.t_sf(1.959963985, 1e7) == pytest.approx(0.025, rel=1e-4)
+def test_t_test_df1_is_cauchy():
+    # two seeds: mean 1.91, sample sd 0.01 * sqrt(2), so se = 0.01 and t = 0.015 / 0.01
+    t, df, p = records.one_sided_test([1.90, 1.92], previous=1.93, margin=0.005)
+    assert (df, t) == (1, pytest.approx(1.5, rel=1e-9))
+    assert p == pytest.approx(0.5 - math.atan(1.5) / math.pi, rel=1e-9)  # Cauchy tail: 0.1872
+    # the other side of the target: same |t|, the complementary tail
+    t, _, p = records.one_sided_test([1.93, 1.95], previous=1.93, margin=0.005)
+    assert t == pytest.approx(-1.5, rel=1e-9)
+    assert p == pytest.approx(0.5 + math.atan(1.5) / math.pi, rel=1e-9)
+
+
+def test_t_test_critical_value_from_the_table():
+    # t(0.99, df=4) = 3.746947: a mean exactly that many standard errors below the target gives p = 0.01
+    losses = [1.90, 1.91, 1.92, 1.93, 1.94]  # mean 1.92, sample sd 0.0158114, se 0.00707107
+    target = 1.92 + 3.746947 * statistics.stdev(losses) / math.sqrt(5)
+    t, df, p = records.one_sided_test(losses, previous=target + 0.005, margin=0.005)
+    assert df == 4 and t == pytest.approx(3.746947, rel=1e-9)
+    assert p == pytest.approx(0.01, rel=1e-5)
+
+
+def test_t_test_identical_seeds_and_missing_scipy(monkeypatch):
+    assert records.one_sided_test([1.9, 1.9, 1.9], previous=1.93, margin=0.005)[1:] == (2, 0.0)
+    assert records.one_sided_test([1.9, 1.9, 1.9], previous=1.90, margin=0.005)[1:] == (2, 1.0)
+    monkeypatch.setitem(sys.modules, "scipy", None)  # makes `from scipy import stats` fail
+    with pytest.raises(records.RecordsError, match="needs scipy"):
+        records.one_sided_test([1.90, 1.91], previous=1.93, margin=0.005)
 
 
 def test_table_cli_reports_verdict(tmp_path):
@@ -204,26 +235,144 @@ def test_combined_submission(tmp_path):
     assert sub["seeds"][1]["steps"] == 6615
 
 
-def test_folder_assembly(tmp_path):
-    runs_dir = tmp_path / "runs"
-    runs_dir.mkdir()
-    paths = write_runs(runs_dir, [1.90, 1.91])
+def small_runs(folder, losses):
+    """Logs whose artifacts are small enough to write: bytes_model is 70,000 - 61,234 + i."""
+    folder.mkdir(exist_ok=True)
+    return write_runs(folder, losses, bytes_total=70_000)
+
+
+def write_artifact(path, run_index, size=None):
+    path.write_bytes(bytes([run_index]) * (size or 70_000 - 61_234 + run_index))
+    return path
+
+
+def make_script(tmp_path):
     script = tmp_path / "my_script.py"
     script.write_text("print('hello')\n")
     (tmp_path / "requirements.txt").write_text("numpy\n")
+    return script
+
+
+def test_folder_assembly(tmp_path):
+    runs_dir = tmp_path / "runs"
+    paths = small_runs(runs_dir, [1.90, 1.91])
+    # the two places looked at beside a log: final_model_seed<SEED>.int8.ptz and <log name>.int8.ptz
+    first = write_artifact(runs_dir / "final_model_seed1000.int8.ptz", 0)
+    second = write_artifact(runs_dir / "run1.int8.ptz", 1)
+    script = make_script(tmp_path)
     out = tmp_path / "record"
     result = run_cli("folder", *paths, *META, "--out", out, "--script", script)
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "requirements.txt", "submission.json", "train_gpt.py",
-        "train_seed1000.log", "train_seed1001.log"]
+        "README.md", "final_model_seed1000.int8.ptz", "final_model_seed1001.int8.ptz",
+        "requirements.txt", "submission.json", "train_gpt.py", "train_seed1000.log", "train_seed1001.log"]
     assert (out / "train_gpt.py").read_text() == script.read_text()
     assert (out / "train_seed1001.log").read_text() == Path(paths[1]).read_text()
+    assert (out / "final_model_seed1000.int8.ptz").read_bytes() == first.read_bytes()
+    assert (out / "final_model_seed1001.int8.ptz").read_bytes() == second.read_bytes()
     assert json.loads((out / "submission.json").read_text())["bytes_code"] == 15
-    assert "| 1000 |" in (out / "README.md").read_text()
+    readme = (out / "README.md").read_text()
+    assert "| 1000 |" in readme and "ARTIFACT=final_model_seed1000.int8.ptz" in readme
     assert "bytes_code" in result.stderr  # logs say 61234 bytes, script is 15
     # the finished folder reads back as its runs (requirements.txt is not a log)
     assert [r.seed for r in records.load_runs([str(out)])] == [1000, 1001]
+
+
+def test_folder_artifact_given_by_option(tmp_path):
+    paths = small_runs(tmp_path / "runs", [1.90])
+    (tmp_path / "kept").mkdir()
+    elsewhere = write_artifact(tmp_path / "kept" / "model.ptz", 0)
+    out = tmp_path / "record"
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", make_script(tmp_path),
+                     "--artifact", f"1000={elsewhere}")
+    assert result.returncode == 0, result.stderr
+    assert (out / "final_model_seed1000.int8.ptz").read_bytes() == elsewhere.read_bytes()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("missing", "no artifact for seed 1001"),
+    ("wrong_size", "reports bytes_model:8767"),
+    ("bad_option", "expected SEED=PATH"),
+    ("unknown_seed", "no run has seed 5"),
+])
+def test_folder_artifact_problems_stop_before_writing(tmp_path, case, expected):
+    runs_dir = tmp_path / "runs"
+    paths = small_runs(runs_dir, [1.90, 1.91])
+    write_artifact(runs_dir / "final_model_seed1000.int8.ptz", 0)
+    extra = []
+    if case == "wrong_size":  # e.g. the artifact of another run, left beside this log
+        write_artifact(runs_dir / "final_model_seed1001.int8.ptz", 1, size=9000)
+    elif case != "missing":
+        write_artifact(runs_dir / "final_model_seed1001.int8.ptz", 1)
+        extra = ["--artifact", "1000" if case == "bad_option" else f"5={runs_dir / 'x'}"]
+    out = tmp_path / "record"
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", make_script(tmp_path), *extra)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
+    assert not out.exists()
+
+
+def test_folder_refuses_an_existing_folder_without_force(tmp_path):
+    runs_dir = tmp_path / "runs"
+    paths = small_runs(runs_dir, [1.90, 1.91])
+    for i in range(2):
+        write_artifact(runs_dir / f"final_model_seed{1000 + i}.int8.ptz", i)
+    out = tmp_path / "record"
+    out.mkdir()
+    (out / "notes.md").write_text("mine")
+    (out / "train_seed999.log").write_text("from an earlier assembly")
+    (out / "final_model_seed999.int8.ptz").write_bytes(b"old")
+    args = ["folder", *paths, *META, "--out", out, "--script", make_script(tmp_path)]
+
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {out}: folder exists and is not empty; pass --force to replace the files this command writes"]
+    assert sorted(p.name for p in out.iterdir()) == ["final_model_seed999.int8.ptz", "notes.md",
+                                                     "train_seed999.log"]  # untouched
+
+    result = run_cli(*args, "--force")
+    assert result.returncode == 0, result.stderr
+    names = sorted(p.name for p in out.iterdir())
+    assert "notes.md" in names and "train_seed1001.log" in names
+    assert "train_seed999.log" not in names and "final_model_seed999.int8.ptz" not in names
+    assert [r.seed for r in records.load_runs([str(out)])] == [1000, 1001]
+
+
+@pytest.mark.parametrize("date", ["2025-13-01", "2025-02-30", "25-01-02", "2025/01/02", "2025-1-2", "today"])
+def test_bad_date_is_refused(tmp_path, date):
+    paths = write_runs(tmp_path, [1.90])
+    meta = [a if a != "2025-01-02" else date for a in META]
+    out = tmp_path / "submission.json"
+    result = run_cli("submission", *paths, *meta, "-o", out)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.strip().splitlines() == [
+        f"error: --date {date}: expected a date written YYYY-MM-DD, e.g. 2025-01-31"]
+
+
+# --- eval-only logs ---------------------------------------------------------------
+
+def test_table_leaves_out_an_eval_only_log(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    write_runs(logs, [1.90, 1.91])
+    # a reviewer's re-score of seed 1000's artifact, written to the same folder
+    (logs / "rescore.txt").write_text(make_eval_only_log(seed=1000))
+    result = run_cli("table", logs, "--previous-val-loss", 1.93)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"warning: {logs / 'rescore.txt'}: an eval-only run (it re-scored final_model.int8.ptz), "
+        "not a training run; left out"]
+    rows = [line.split()[0] for line in result.stdout.splitlines()[1:3]]
+    assert rows == ["1000", "1001"] and "df = 1" in result.stdout
+
+    only = tmp_path / "only"
+    only.mkdir()
+    (only / "rescore.txt").write_text(make_eval_only_log())
+    result = run_cli("table", only)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == f"error: {only}: no training run among the given logs"
 
 
 # --- plot --------------------------------------------------------------------------

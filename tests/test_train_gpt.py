@@ -551,8 +551,10 @@ def test_records_tool_reads_the_real_log(tiny_run, tmp_path):
     made = subprocess.run([sys.executable, str(ROOT / "records.py"), "folder", str(cwd / "logs/tiny.txt"), "--out",
                            str(folder), "--script", str(ROOT / "train_gpt.py"), "--requirements",
                            str(ROOT / "requirements.txt"), "--name", "tiny", "--author", "ci", "--github-id", "ci",
-                           "--blurb", "tiny CPU run"], capture_output=True, text=True)
+                           "--blurb", "tiny CPU run", "--artifact", f"7={cwd / 'final_model.int8.ptz'}"],
+                          capture_output=True, text=True)
     assert made.returncode == 0, made.stderr
     summary = json.loads((folder / "submission.json").read_text())
     assert summary["val_bpb"] == pytest.approx(float(ttt["val_bpb"]), abs=1e-7)
     assert (folder / "train_gpt.py").read_bytes() == (ROOT / "train_gpt.py").read_bytes()
+    assert (folder / "final_model_seed7.int8.ptz").read_bytes() == (cwd / "final_model.int8.ptz").read_bytes()
