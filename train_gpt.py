@@ -1374,7 +1374,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data, resu
     train_ms += (time.perf_counter() - t0) * 1000
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
     if hp.ema_decay ** (step // hp.ema_every * hp.ema_every) > 0.5:  # the initial weights' share of the EMA
-        run.log(f"WARNING: the EMA exported is still mostly the initial weights: too few steps for EMA_DECAY, EMA_EVERY")
+        run.log("WARNING: the EMA exported is still mostly the initial weights: too few steps for EMA_DECAY, EMA_EVERY")
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
     ema.copy_to(model)  # then the weights on disk before any evaluation

@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY, run_script
+from conftest import ROOT, TINY
 from test_failures import fails_fast, paths
 from test_train_gpt import final_line
 
