@@ -129,8 +129,8 @@ def test_progress_lines_in_a_long_phase(capsys, tokenizer_path):
     assert capsys.readouterr().out.splitlines() == ["progress: scoring, at token 0 of 700"]
 
 
-def test_the_settings_cost_a_few_hundred_bytes():
+def test_the_settings_cost_under_a_kilobyte():
     from test_train_gpt import reference_kernels, tiny_hp
     state = tg.HymbaGPT(tiny_hp(), reference_kernels()).state_dict()
     settings = {k: getattr(tg.Hyperparameters(), k) for k in tg.MODEL_SETTINGS}
-    assert 0 < len(tg.pack_artifact(state, 8, 22, settings)) - len(tg.pack_artifact(state, 8, 22)) < 500
+    assert 0 < len(tg.pack_artifact(state, 8, 22, settings)) - len(tg.pack_artifact(state, 8, 22)) < 1000
