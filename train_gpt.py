@@ -9,7 +9,7 @@ The run reads as its phases, each a function named for it:
 
 Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (any GPU count; CPU works for tiny
 configurations). Every setting is an environment variable; the defaults are the record's configuration.
-A bad setting or input file stops the run in its first seconds with one line `error: ...` (exit code 2).
+Bad input stops a run in its first seconds (`error: ...`, exit code 2), a signal at any moment (`stopped: ...`, 0).
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ ARTIFACT_LIMIT_BYTES = 16_000_000
 
 class ConfigError(ValueError):
     """A bad setting or input file: reported as one line, exit code 2."""
+    label, exit_code = "error", 2
 
 
 @dataclasses.dataclass
@@ -61,7 +62,7 @@ class Hyperparameters:
     seed: int = 1337
     run_id: str = ""  # empty: a fresh random id
     run_note: str = ""  # free text copied into submission.json: what this run is
-    # model
+    # model (with vocab_size, what the artifact records: MODEL_SETTINGS)
     num_layers: int = 8
     model_dim: int = 512
     num_heads: int = 8
@@ -129,19 +130,11 @@ class Hyperparameters:
     @classmethod
     def from_env(cls, env=os.environ) -> "Hyperparameters":
         values = {}
-        for field in dataclasses.fields(cls):
-            raw = env.get(field.name.upper())
-            if raw is None:
-                continue
-            kind = type(field.default)
+        for field in (field for field in dataclasses.fields(cls) if field.name.upper() in env):
+            raw, kind = env[field.name.upper()], type(field.default)
             try:
-                if kind is bool:
-                    if raw not in ("0", "1"):
-                        raise ValueError
-                    values[field.name] = raw == "1"
-                else:
-                    values[field.name] = kind(raw)
-            except ValueError:
+                values[field.name] = {"0": False, "1": True}[raw] if kind is bool else kind(raw)
+            except (KeyError, ValueError):
                 raise ConfigError(f"{field.name.upper()}={raw!r} is not a valid {kind.__name__}") from None
         hp = cls(**values)
         hp.check()
@@ -178,12 +171,14 @@ LIMITS = {
                      "hymba_ssm_state", "hymba_conv_kernel", "bigram_buckets", "bigram_hash_dim", "train_seq_len",
                      "train_batch_tokens", "iterations", "muon_backend_steps", "ema_every", "train_log_every",
                      "eval_batch_seqs", "ttt_epochs", "ttt_chunk_tokens", "ttt_batch_seqs"), AT_LEAST_1),
-    **dict.fromkeys(("hymba_dt_rank", "grad_accum_steps", "warmup_steps", "warmdown_iters", "max_wallclock_seconds",
+    **dict.fromkeys(("grad_accum_steps", "warmup_steps", "warmdown_iters", "max_wallclock_seconds",
                      "matrix_lr", "scalar_lr", "embed_lr", "head_lr", "weight_decay", "adam_eps",
                      "muon_momentum_warmup_steps", "val_loss_every", "eval_time_budget", "ttt_lr"), AT_LEAST_0),
     **dict.fromkeys(("adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_warmup_start", "ema_decay"), DECAY),
     "qat_start_frac": within(0, 1),
     "vocab_size": within(1, 65536),  # tokens are stored as uint16
+    "run_id": (lambda v, hp: "/" not in v and v not in (".", ".."), "a file name"),
+    "hymba_dt_rank": (lambda v, hp: v >= 1 or v == 0 and hp.model_dim >= 16, ">= 1 as MODEL_DIM/16 is 0"),
     "seed": within(0, 2**32 - 1),  # numpy's seed range
     "logit_softcap": (lambda v, hp: v > 0, "> 0"),
     "rope_base": (lambda v, hp: v > 0, "> 0"),
@@ -209,12 +204,15 @@ class Run:
     world_size: int
     device: torch.device
     log_path: Path | None
+    summary_path: Path = Path("submission.json")
+    last_line: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
     def is_master(self) -> bool:
         return self.rank == 0
 
     def log(self, message: str, console: bool = True) -> None:
+        self.last_line = time.perf_counter()
         if not self.is_master:
             return
         if console:
@@ -222,6 +220,10 @@ class Run:
         if self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(message + "\n")
+
+    def progress(self, what: str) -> None:  # from long phases: a line when none came for 30 s
+        if time.perf_counter() - self.last_line > 30:
+            self.log(f"progress: {what}")
 
     def sync(self) -> None:
         if self.device.type == "cuda":
@@ -234,9 +236,7 @@ class Run:
 
 
 def setup_run(hp: Hyperparameters) -> Run:
-    rank = int(os.environ.get("RANK", "0"))
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world_size, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     if torch.cuda.is_available():
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -247,12 +247,20 @@ def setup_run(hp: Hyperparameters) -> Run:
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     hp.run_id = hp.run_id or uuid.uuid4().hex[:12]
-    log_path = None
+    run = Run(rank, world_size, device, Path(f"logs/{hp.run_id}.txt"),
+              Path(f"eval_{hp.run_id}.json" if hp.eval_only else "submission.json"))  # a re-score's results stay apart
+    out = [] if hp.eval_only else [hp.artifact, "final_model.pt", *glob.glob("interrupted_model.*"), *glob.glob("last_finite_model.*")]
+    for path in map(Path, [run.summary_path, *out, run.log_path]):  # nothing replaced unless asked, folders writable
+        if path.exists() and os.environ.get("OVERWRITE") != "1":
+            raise ConfigError(f"{path} exists (an earlier run's?): move it away, or set OVERWRITE=1 to replace it")
+        with contextlib.suppress(OSError):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
+            raise ConfigError(f"{path}: its folder {path.parent} cannot be written")
+    if world_size > 1:
+        dist.barrier()  # every rank has looked before rank 0 writes
     if rank == 0:
-        Path("logs").mkdir(exist_ok=True)
-        log_path = Path("logs") / f"{hp.run_id}.txt"
-        log_path.write_text(Path(__file__).read_text(encoding="utf-8") + "\n" + "=" * 100 + "\n", encoding="utf-8")
-    run = Run(rank, world_size, device, log_path)
+        run.log_path.write_text(Path(__file__).read_text(encoding="utf-8") + "\n" + "=" * 100 + "\n", encoding="utf-8")
     run.log(f"python {sys.version.split()[0]} torch {torch.__version__} device:{describe_device(device)}")
     run.log("hyperparameters: " + json.dumps(dataclasses.asdict(hp)), console=False)  # records.py settings reads it
     run.log(f"seed:{hp.seed}")
@@ -963,15 +971,17 @@ def compress(packed: dict, level: int) -> bytes:
     return zstandard.ZstdCompressor(level=level).compress(buffer.getvalue())
 
 
-def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFACT_LIMIT_BYTES) -> tuple[bytes, dict]:
-    """The compressed artifact, at most `budget` bytes, and the grid coarsening it took ({} when none).
+def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFACT_LIMIT_BYTES,
+                  settings: dict | None = None) -> tuple[bytes, dict]:
+    """The compressed artifact (with the model's `settings`), at most `budget` bytes, and the grid coarsening it
+    took ({} when none).
 
     When the default grid is over, the largest quantized tensors get a grid `coarsen` times coarser, in
     steps, each round enough of them to cover the excess at an estimated log2((c+1)/c) bits saved per
     weight for a step from c to c+1; then the artifact is compressed again to check.
     """
     coarsen = {}
-    blob = compress(quantize_state_dict(state_dict, bits), level)
+    blob = compress(dict(quantize_state_dict(state_dict, bits), settings=settings), level)
     largest_first = sorted((n for n, t in state_dict.items() if is_quantized(t)), key=lambda n: -state_dict[n].numel())
     while len(blob) > budget:
         if not largest_first or min(coarsen.get(n, 1) for n in largest_first) >= 2 ** (bits - 1) - 1:
@@ -983,13 +993,29 @@ def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFAC
             saved += state_dict[name].numel() * math.log2((c + 1) / c) / 8
             if saved >= excess:
                 break
-        blob = compress(quantize_state_dict(state_dict, bits, coarsen), level)
+        blob = compress(dict(quantize_state_dict(state_dict, bits, coarsen), settings=settings), level)
     return blob, coarsen
 
 
 def unpack_artifact(blob: bytes) -> dict:
     raw = zstandard.ZstdDecompressor().decompress(blob)
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu"))
+
+
+FIELDS = [field.name for field in dataclasses.fields(Hyperparameters)]  # the artifact records the model's settings:
+MODEL_SETTINGS = ["vocab_size", *FIELDS[FIELDS.index("num_layers"):FIELDS.index("train_seq_len")]]  # the "# model" fields
+
+
+def use_artifact_settings(hp: Hyperparameters, env=os.environ) -> None:
+    """EVAL_ONLY: take the artifact's settings; one given in the environment that differs is refused."""
+    try:
+        settings = dict(torch.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(Path(hp.artifact).read_bytes())))["settings"])
+    except Exception as error:  # missing, truncated, not zstd, not this script's, or from before artifacts had settings
+        raise ConfigError(f"ARTIFACT={hp.artifact}: not readable as an artifact of this script ({type(error).__name__})") from None
+    for name, value in settings.items():
+        if name.upper() in env and getattr(hp, name) != value:
+            raise ConfigError(f"{name.upper()}={getattr(hp, name)}, but ARTIFACT={hp.artifact} has {value}: leave it unset")
+        setattr(hp, name, value)
 
 
 def code_bytes() -> int:
@@ -1002,10 +1028,10 @@ def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str,
     if run.is_master:
         torch.save(raw, raw_path)
         t0 = time.perf_counter()
-        blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes())
+        blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes(),
+                                      {k: getattr(hp, k) for k in MODEL_SETTINGS})
         Path(artifact).write_bytes(blob)
-        sizes = dict(artifact_sizes(artifact), grid_coarsened=coarsen)
-        run.log(f"artifact bytes_code:{sizes['bytes_code']} bytes_model:{sizes['bytes_model']} bytes_total:{sizes['bytes_total']}")
+        sizes = dict(artifact_sizes(artifact, run), grid_coarsened=coarsen)
         run.log(f"artifact_fit margin:{sizes['margin']} export_time:{time.perf_counter() - t0:.1f}s grid_coarsened:"
                 + (",".join(f"{name}x{c}" for name, c in coarsen.items()) or "none"))
     if run.world_size > 1:
@@ -1013,9 +1039,12 @@ def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str,
     return sizes
 
 
-def artifact_sizes(artifact: str) -> dict:
+def artifact_sizes(artifact: str, run: Run) -> dict:
     model_bytes, script_bytes = Path(artifact).stat().st_size, code_bytes()
     total = model_bytes + script_bytes
+    run.log(f"artifact bytes_code:{script_bytes} bytes_model:{model_bytes} bytes_total:{total}")
+    if total > ARTIFACT_LIMIT_BYTES:
+        run.log(f"WARNING: bytes_total {total} is OVER the {ARTIFACT_LIMIT_BYTES:,}-byte limit")
     return dict(bytes_code=script_bytes, bytes_model=model_bytes, bytes_total=total, margin=ARTIFACT_LIMIT_BYTES - total,
                 over_limit=total > ARTIFACT_LIMIT_BYTES)
 
@@ -1072,6 +1101,7 @@ def score_windows(model, tokens: torch.Tensor, windows: list, tables: ByteTables
     totals = torch.zeros(3, dtype=torch.float64, device=run.device)
     model.eval()
     for batch in window_batches(windows[run.rank::run.world_size], batch_seqs):
+        run.progress(f"scoring, at token {batch[0][0]} of {len(tokens)}")
         x, y = window_tensors(tokens, batch, run.device)
         with autocast(run.device):
             nll = model(x, y, reduction="none")
@@ -1108,7 +1138,8 @@ def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: H
     """One optimizer step per epoch on the mean loss over the chunk's targets (same for any rank count)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     chunk_tokens = sum(n - f for _, n, f in windows)
-    for _ in range(hp.ttt_epochs):
+    for epoch in range(hp.ttt_epochs):
+        run.progress(f"ttt: training from token {windows[0][0]}, epoch {epoch + 1}/{hp.ttt_epochs}")
         for batch in window_batches(windows[run.rank::run.world_size], hp.ttt_batch_seqs):
             x, y = window_tensors(tokens, batch, run.device)
             with autocast(run.device):
@@ -1155,29 +1186,24 @@ def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_sta
                 group["lr"] = hp.ttt_lr * 0.5 * (1 + math.cos(math.pi * index / max(len(chunk_starts) - 1, 1)))
             ttt_windows = make_windows(first, min(first + hp.ttt_chunk_tokens, n), hp.train_seq_len, 0)
             ttt_train_chunk(model, data.val_tokens, ttt_windows, optimizer, hp, run)
-        if (index + 1) % 10 == 0:
-            loss, bpb = bpb_from_totals(run.all_reduce(totals.clone()))
-            run.log(f"ttt_chunk:{index + 1}/{len(chunk_starts)} running_val_bpb:{bpb:.4f} time:{time.perf_counter() - eval_start:.1f}s")
     return bpb_from_totals(run.all_reduce(totals))
 
 
-def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, kernels: Kernels) -> dict:
-    """Score weights read back from the artifact file: plain roundtrip, then score-first TTT."""
+def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, kernels: Kernels, results: dict) -> None:
+    """Score weights read back from the artifact file: plain roundtrip, then score-first TTT, into `results` when final."""
     eval_start = time.perf_counter()
     model = load_artifact_model(hp, kernels, run.device)
     compiled = maybe_compile(model, hp, run.device)  # one wrapper for both passes
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     roundtrip_ms = (time.perf_counter() - eval_start) * 1000
     run.log(f"final_int8_zstd_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{roundtrip_ms:.0f}ms")
-    results = dict(roundtrip_val_loss=loss, roundtrip_val_bpb=bpb, val_loss=loss, val_bpb=bpb, eval_time_s=roundtrip_ms / 1000)
+    results.update(roundtrip_val_loss=loss, roundtrip_val_bpb=bpb)
     if hp.ttt_enabled:
         t0 = time.perf_counter()
         loss, bpb = evaluate_with_ttt(compiled, data, hp, run, eval_start)
-        ttt_ms = (time.perf_counter() - t0) * 1000
-        run.log(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{ttt_ms:.0f}ms")
+        run.log(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{(time.perf_counter() - t0) * 1000:.0f}ms")
         check_ranks_agree(run, model, "after TTT")
-        results.update(val_loss=loss, val_bpb=bpb, eval_time_s=(roundtrip_ms + ttt_ms) / 1000)
-    return results
+    results.update(val_loss=loss, val_bpb=bpb, eval_time_s=time.perf_counter() - eval_start)
 
 
 # -----------------------------------------------------------------------------
@@ -1261,10 +1287,15 @@ def check_batch_shape(hp: Hyperparameters, run: Run) -> None:
         raise ConfigError(f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens} does not split into whole sequences of "
                           f"TRAIN_SEQ_LEN={hp.train_seq_len} over {run.world_size} ranks x {accum} accumulation steps")
     hp.grad_accum_steps = accum
+    need = per_micro * hp.num_layers * hp.model_dim * (240 + min(hp.sliding_window, hp.train_seq_len) // 5)  # measured, README
+    if run.device.type == "cpu" and need > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
+        raise ConfigError(f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens}: a training step needs about {need / 2**30:.0f} GiB on CPU, "
+                          "more than this machine has (README: On CPU)")
 
 
 class RunStopped(Exception):
-    """Training ended early (a signal, a non-finite loss) or ranks disagree: one line, then exit_code."""
+    """The run ended early (a signal, a non-finite loss) or ranks disagree: one line, then exit_code."""
+    label = "stopped"
 
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
@@ -1272,29 +1303,27 @@ class RunStopped(Exception):
 
 
 class StopSignal:
-    """During training, SIGTERM or SIGINT sets `name` rather than killing the process, and the loop stops
-    at the end of the step. Repeats are ignored: after Ctrl-C, torchrun sends every worker the signal
-    again, then SIGKILL 30 s later (so the raw weights, quick to write, are saved first)."""
+    """SIGTERM or SIGINT stops the run at once (`stopped: ...`, what is `saved`, exit code 0), or while `saved` is None
+    (training, until the weights are on disk) at the end of the step. Repeats are ignored: after Ctrl-C, torchrun sends every worker
+    the signal again, then SIGKILL 30 s later (so the raw weights, quick to write, are saved first)."""
+    name, saved = "", "before training: nothing to save"
 
-    def __enter__(self) -> "StopSignal":
-        self.name = ""
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGTERM, signal.SIGINT)}
-        return self
-
-    def handle(self, signum, _frame) -> None:
+    def handle(self, signum=None, _frame=None) -> None:
         self.name = self.name or signal.Signals(signum).name
+        if self.saved:  # else deferred, or the run is already stopping: only noted
+            message, self.saved = f"{self.name} {self.saved}", None
+            raise RunStopped(message, exit_code=0)
 
-    def __exit__(self, *_) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
+
+
+STOP = StopSignal()
 
 
 def save_stopped_run(hp: Hyperparameters, run: Run, label: str, weights: dict, raw: dict) -> str:
     """Save the weights of a run that stops early as an artifact EVAL_ONLY=1 can score; say where and how."""
     artifact = f"{label}_model.int8.ptz"
     export_artifact(hp, run, weights, artifact, raw, f"{label}_model.pt")
-    return (f"saved the EMA weights to {artifact} (raw state: {label}_model.pt); score them with "
-            f"EVAL_ONLY=1 ARTIFACT={artifact} and the same settings")
+    return f"saved the EMA weights to {artifact} (raw state: {label}_model.pt); score them with EVAL_ONLY=1 ARTIFACT={artifact}"
 
 
 def check_ranks_agree(run: Run, model: nn.Module, when: str) -> None:
@@ -1333,7 +1362,7 @@ def set_schedule(optimizers, multiplier: float, momentum: float) -> None:
                 group["momentum"] = momentum
 
 
-def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> dict:
+def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data, results: dict) -> None:
     per_micro = hp.train_batch_tokens // (run.world_size * hp.grad_accum_steps)  # whole sequences: validate_setup
     run.log(f"world_size:{run.world_size} grad_accum_steps:{hp.grad_accum_steps}")
     run.log(f"model_params:{sum(p.numel() for p in model.parameters())}")
@@ -1347,7 +1376,8 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> d
         initial_model = copy.deepcopy(model.state_dict())
         initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
         loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
-        for _ in range(hp.warmup_steps):
+        for i in range(hp.warmup_steps):
+            run.progress(f"warmup step {i + 1}/{hp.warmup_steps}")
             train_step(trainer, loader, optimizers, hp, run)
         model.load_state_dict(initial_model)
         for opt, state in zip(optimizers, initial_opts):
@@ -1359,7 +1389,10 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> d
     train_ms, step, qat_on = 0.0, 0, False
     run.sync()
     t0 = time.perf_counter()
-    with StopSignal() as stop_signal:
+    run.log(f"lr_schedule: {hp.warmdown_shape} warmdown from step {max(hp.iterations - hp.warmdown_iters, 0)}, or the time left for "
+            f"{hp.warmdown_iters} steps (from step 0 if a step takes over {hp.max_wallclock_seconds / (hp.warmdown_iters + 1):.3f}s)")
+    STOP.saved = None  # deferred until the weights are on disk (and, if training stops early, while the run winds down)
+    with contextlib.nullcontext(STOP) as stop_signal:
         while step < hp.iterations:
             if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
                 run.sync()
@@ -1410,13 +1443,20 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> d
     run.sync()
     train_ms += (time.perf_counter() - t0) * 1000
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
+    if hp.ema_decay ** (step // hp.ema_every * hp.ema_every) > 0.5:  # the initial weights' share of the EMA
+        run.log("WARNING: the EMA exported is still mostly the initial weights: too few steps for EMA_DECAY, EMA_EVERY")
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
-    ema.copy_to(model)
+    ema.copy_to(model)  # then the weights on disk before any evaluation
+    results.update(steps=step, train_time_s=train_ms / 1000,
+                   **export_artifact(hp, run, model.state_dict(), hp.artifact, model.state_dict(), "final_model.pt"))
+    STOP.saved = f"after training: the weights are in {hp.artifact} and final_model.pt, results so far in {run.summary_path}"
+    if STOP.name:  # it came after the last step
+        STOP.handle()
+    check_ranks_agree(run, model, "after training")
     set_qat(model, False)  # score the float EMA weights: the gap to the roundtrip score is what quantization costs
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     run.log(f"final_ema_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
-    return dict(steps=step, train_time_s=train_ms / 1000)
 
 
 # -----------------------------------------------------------------------------
@@ -1424,25 +1464,17 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data) -> d
 # -----------------------------------------------------------------------------
 
 
-def write_submission(hp: Hyperparameters, run: Run, kernels: Kernels, sizes: dict, training: dict, results: dict) -> None:
-    if not run.is_master:
-        return
-    summary = dict(results, **sizes, **training, seed=hp.seed, world_size=run.world_size,
-                   device=describe_device(run.device), torch_version=torch.__version__, backends=kernels.names,
-                   data_path=hp.data_path, run_id=hp.run_id, run=hp.run_note)
-    Path("submission.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    run.log(f"wrote submission.json and {run.log_path}")
+def write_submission(hp: Hyperparameters, run: Run, kernels: Kernels, results: dict) -> None:
+    summary = dict(results, seed=hp.seed, world_size=run.world_size, device=describe_device(run.device), run_id=hp.run_id,
+                   torch_version=torch.__version__, backends=kernels.names, data_path=hp.data_path, run=hp.run_note)
+    run.summary_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    run.log(f"wrote {run.summary_path} and {run.log_path}")
 
 
 def validate_setup(hp: Hyperparameters, run: Run) -> Kernels:
-    """Every check that takes seconds at most, before a weight is built or a token loaded.
-
-    The settings' types and limits were checked when read (Hyperparameters.check). Here: the batch shape,
-    the tokenizer, the header and size of every shard, the validation length (at least one sequence of
-    TRAIN_SEQ_LEN inputs and its targets), the kernel backends and, with EVAL_ONLY, the artifact.
-    """
-    if not hp.eval_only:
-        check_batch_shape(hp, run)
+    """Every check that takes seconds at most, before a weight is built or a token loaded (the settings' own limits:
+    Hyperparameters.check; the outputs: setup_run)."""
+    use_artifact_settings(hp) if hp.eval_only else check_batch_shape(hp, run)
     if not Path(hp.tokenizer_path).is_file():
         raise ConfigError(f"TOKENIZER_PATH={hp.tokenizer_path}: file not found")
     try:
@@ -1459,41 +1491,38 @@ def validate_setup(hp: Hyperparameters, run: Run) -> Kernels:
                           f"TRAIN_SEQ_LEN+1={hp.train_seq_len + 1} (one sequence and its targets)")
     if not hp.eval_only and sum(shard_token_count(path) for path in shard_paths(hp.data_path, "train")) == 0:
         raise ConfigError(f"DATA_PATH={hp.data_path}: the train shards hold no tokens")
-    if hp.eval_only and not Path(hp.artifact).is_file():
-        raise ConfigError(f"ARTIFACT={hp.artifact}: file not found")
     return select_kernels(hp, run.device)
 
 
-def main() -> None:
-    hp = Hyperparameters.from_env()
-    run = setup_run(hp)
-    kernels = validate_setup(hp, run)
-    run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
-    data = load_data(hp, run)
-    training = {}
-    if hp.eval_only:
-        run.log(f"eval_only: scoring {hp.artifact}")
-    else:
-        model = build_model(hp, kernels, run.device)
-        training = train_model(hp, run, model, data)
-        export_artifact(hp, run, model.state_dict(), hp.artifact, model.state_dict(), "final_model.pt")
-        check_ranks_agree(run, model, "after training")
-    sizes = artifact_sizes(hp.artifact)
-    if hp.eval_only:
-        run.log(f"artifact bytes_code:{sizes['bytes_code']} bytes_model:{sizes['bytes_model']} bytes_total:{sizes['bytes_total']}")
-    results = evaluate_artifact(hp, run, data, kernels)
-    write_submission(hp, run, kernels, sizes, training, results)
+def main() -> int:
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, STOP.handle)
+    results, run = {}, Run(0, 1, torch.device("cpu"), None)  # until setup_run: logs nowhere
+    try:
+        hp = Hyperparameters.from_env()
+        run = setup_run(hp)
+        kernels = validate_setup(hp, run)
+        run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
+        data = load_data(hp, run)
+        if hp.eval_only:
+            STOP.saved = f"during evaluation: the results so far are in {run.summary_path}"
+            run.log(f"eval_only: scoring {hp.artifact} with its settings {({k: getattr(hp, k) for k in MODEL_SETTINGS})}")
+            results.update(artifact_sizes(hp.artifact, run))
+        else:
+            train_model(hp, run, build_model(hp, kernels, run.device), data, results)
+        evaluate_artifact(hp, run, data, kernels, results)
+    except (ConfigError, RunStopped) as stop:
+        results["stopped"] = f"{stop.label}: {stop}"
+        return stop.exit_code
+    finally:
+        if "bytes_total" in results and run.is_master:  # an artifact was written or read: keep what is final so far
+            write_submission(hp, run, kernels, results)
+        if "stopped" in results:  # one line on stderr, and the log ends with it too
+            print(results["stopped"], file=sys.stderr, flush=True)
+            run.log(results["stopped"], console=False)
+        if dist.is_initialized():  # on every way out: a gloo process that exits with its group still up may abort
+            dist.destroy_process_group()
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    except RunStopped as stop:
-        print(f"stopped: {stop}", file=sys.stderr)
-        sys.exit(stop.exit_code)
-    finally:  # on every way out: a gloo process that exits with its group still up may abort
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    sys.exit(main())

@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny corpus, a SentencePiece tokenizer trained on it, and shards in the challenge's format."""
+import os
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,6 +10,20 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+TINY = dict(NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="2", SLIDING_WINDOW="16",
+            BIGRAM_BUCKETS="64", BIGRAM_HASH_DIM="8", VOCAB_SIZE="320", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="256",
+            GRAD_ACCUM_STEPS="2", ITERATIONS="12", WARMUP_STEPS="2", WARMDOWN_ITERS="6", TRAIN_LOG_EVERY="4",
+            VAL_LOSS_EVERY="6", EMA_DECAY="0.5", EMA_EVERY="2", TTT_CHUNK_TOKENS="1024", TTT_EPOCHS="2",
+            EVAL_BATCH_SEQS="8", SEED="7")
+
+
+def run_script(cwd, env_extra, timeout=240):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(TINY, **env_extra)
+    return subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
 
 WORDS = ("the a of and to in is was for on that with as by at from his her they it be this which or had "
          "river stone garden light morning winter quiet letter window market summer road friend music "
@@ -58,3 +74,10 @@ def dataset(tmp_path_factory, tokenizer_path) -> Path:
     write_shard(folder / "fineweb_train_000001.bin", stream(300, seed=2))
     write_shard(folder / "fineweb_val_000000.bin", stream(60, seed=3))
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, dataset, tokenizer_path):
+    cwd = tmp_path_factory.mktemp("run")
+    result = run_script(cwd, dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer_path), RUN_ID="tiny"))
+    return cwd, result

@@ -161,7 +161,7 @@ def test_inconsistent_shapes(tmp_path, dataset, tokenizer_path, extra, expected)
 
 
 def test_eval_only_without_the_artifact(tmp_path, dataset, tokenizer_path):
-    fails_fast(tmp_path, paths(dataset, tokenizer_path, EVAL_ONLY=1, ARTIFACT="gone.ptz"), "ARTIFACT=gone.ptz", "not found")
+    fails_fast(tmp_path, paths(dataset, tokenizer_path, EVAL_ONLY=1, ARTIFACT="gone.ptz"), "ARTIFACT=gone.ptz", "FileNotFoundError")
 
 
 # --- faults keep the weights -----------------------------------------------------------------------------
@@ -220,6 +220,8 @@ def test_sigterm_saves_the_weights_and_exits_cleanly(tmp_path, dataset, tokenize
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
     assert "stopped: SIGTERM at step " in err and "EVAL_ONLY=1 ARTIFACT=interrupted_model.int8.ptz" in err
+    log = next((tmp_path / "logs").glob("*.txt")).read_text()
+    assert log.splitlines()[-1] == err.strip().splitlines()[-1], "the log ends with the stopped: line too"
     state = torch.load(tmp_path / "interrupted_model.pt")
     assert state["step"] >= 5 and state["model"].keys() == state["ema"].keys()
     assert_finite_artifact(tmp_path, "interrupted_model.int8.ptz", "interrupted_model.pt", "model")

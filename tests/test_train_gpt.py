@@ -12,15 +12,9 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import ROOT, make_documents
+from conftest import ROOT, TINY, make_documents, run_script  # noqa: F401 (test_failures imports them from here)
 
 import train_gpt as tg
-
-TINY = dict(NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="2", SLIDING_WINDOW="16",
-            BIGRAM_BUCKETS="64", BIGRAM_HASH_DIM="8", VOCAB_SIZE="320", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="256",
-            GRAD_ACCUM_STEPS="2", ITERATIONS="12", WARMUP_STEPS="2", WARMDOWN_ITERS="6", TRAIN_LOG_EVERY="4",
-            VAL_LOSS_EVERY="6", EMA_DECAY="0.5", EMA_EVERY="2", TTT_CHUNK_TOKENS="1024", TTT_EPOCHS="2",
-            EVAL_BATCH_SEQS="8", SEED="7")
 
 
 def tiny_hp(**overrides) -> tg.Hyperparameters:
@@ -44,26 +38,12 @@ def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
     return model
 
 
-def run_script(cwd, env_extra, timeout=240):
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    env.update(TINY, **env_extra)
-    return subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
 def final_line(stdout: str, prefix: str) -> dict:
     line = [l for l in stdout.splitlines() if l.startswith(prefix + " ")][-1]
     return {k: v for k, v in (item.split(":", 1) for item in line.split()[1:])}
 
 
 # --- the whole script ------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, dataset, tokenizer_path):
-    cwd = tmp_path_factory.mktemp("run")
-    result = run_script(cwd, dict(DATA_PATH=str(dataset), TOKENIZER_PATH=str(tokenizer_path), RUN_ID="tiny"))
-    return cwd, result
 
 
 def test_script_runs_end_to_end(tiny_run):
@@ -114,6 +94,9 @@ def test_eval_only_reproduces_the_run(tiny_run, dataset, tokenizer_path):
     for prefix in ("final_int8_zstd_roundtrip_exact", "legal_ttt_exact"):
         assert final_line(again.stdout, prefix)["val_bpb"] == final_line(result.stdout, prefix)["val_bpb"]
     assert final_line(again.stdout, "artifact")["bytes_total"] == final_line(result.stdout, "artifact")["bytes_total"]
+    rescored = json.loads((cwd / "eval_rescore.json").read_text())  # its own results: the run's are untouched
+    assert rescored["val_bpb"] == pytest.approx(float(final_line(result.stdout, "legal_ttt_exact")["val_bpb"]), abs=1e-8)
+    assert json.loads((cwd / "submission.json").read_text())["steps"] == 12
 
 
 # --- model properties ------------------------------------------------------------------------------
@@ -266,7 +249,7 @@ def test_quantization_grid_floor_own_scale_and_exact_compression():
     raw = zstandard.ZstdDecompressor().decompress(blob)
     packed = torch.load(io.BytesIO(raw))
     reference = io.BytesIO()
-    torch.save(tg.quantize_state_dict(state, 8), reference)
+    torch.save(dict(tg.quantize_state_dict(state, 8), settings=None), reference)
     assert raw == reference.getvalue(), "compression must be lossless, byte for byte"
     restored = tg.unpack_artifact(blob)
     assert restored.keys() == state.keys()
