@@ -53,73 +53,90 @@ class ConfigError(ValueError):
     label, exit_code = "error", 2
 
 
+# Each setting's limit sits by its field: setting(default, (test of the value and the whole configuration,
+# what it must be)). A 0 that has a meaning (see the field's comment) is allowed; elsewhere sizes and counts
+# are at least 1. Settings without a limit take any finite value.
+COUNT = (lambda v, hp: v >= 1, ">= 1")
+AT_LEAST_0 = (lambda v, hp: v >= 0, ">= 0")
+POSITIVE = (lambda v, hp: v > 0, "> 0")
+DECAY = (lambda v, hp: 0 <= v < 1, "in [0, 1)")
+
+
+def within(low, high, shown=None):
+    return lambda v, hp: low <= v <= (high(hp) if callable(high) else high), f"in {low}..{shown or high}"
+
+
+def setting(default, limit):
+    return dataclasses.field(default=default, metadata={"limit": limit})
+
+
 @dataclasses.dataclass
 class Hyperparameters:
     # data
     data_path: str = "./data/datasets/fineweb10B_sp1024"
     tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
-    vocab_size: int = 1024
-    seed: int = 1337
-    run_id: str = ""  # empty: a fresh random id
-    run_note: str = ""  # free text copied into submission.json: what this run is
+    vocab_size: int = setting(1024, within(1, 65536))  # tokens are stored as uint16
+    seed: int = setting(1337, within(0, 2**32 - 1))  # numpy's seed range
+    run_id: str = setting("", (lambda v, hp: "/" not in v and v not in (".", ".."), "a file name"))  # empty: random
+    run_note: str = ""  # free text copied into the run's results (logs/<RUN_ID>.json): what this run is
     # model (with vocab_size, what the artifact records: MODEL_SETTINGS)
-    num_layers: int = 8
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_mult: int = 4
-    sliding_window: int = 1024
-    hymba_expand: int = 1
-    hymba_ssm_state: int = 4
-    hymba_conv_kernel: int = 4
-    hymba_dt_rank: int = 0  # 0: model_dim // 16
+    num_layers: int = setting(8, COUNT)
+    model_dim: int = setting(512, COUNT)
+    num_heads: int = setting(8, COUNT)
+    num_kv_heads: int = setting(4, COUNT)
+    mlp_mult: int = setting(4, COUNT)
+    sliding_window: int = setting(1024, COUNT)
+    hymba_expand: int = setting(1, COUNT)
+    hymba_ssm_state: int = setting(4, COUNT)
+    hymba_conv_kernel: int = setting(4, COUNT)
+    hymba_dt_rank: int = setting(0, AT_LEAST_0)  # 0: MODEL_DIM / 16 (at least 1)
     use_smeargate: bool = True
     use_bigram_hash: bool = True
-    bigram_buckets: int = 4096
-    bigram_hash_dim: int = 128
+    bigram_buckets: int = setting(4096, COUNT)
+    bigram_hash_dim: int = setting(128, COUNT)
     tie_embeddings: bool = False
     leaky_relu_slope: float = 0.9
-    logit_softcap: float = 30.0
-    rope_base: float = 10000.0
+    logit_softcap: float = setting(30.0, POSITIVE)
+    rope_base: float = setting(10000.0, POSITIVE)
     qk_gain_init: float = 1.5
     # training
-    train_seq_len: int = 32768
-    train_batch_tokens: int = 524288
-    grad_accum_steps: int = 0  # 0: 8 // world_size
-    iterations: int = 20000
-    warmup_steps: int = 20
-    warmdown_iters: int = 7000
-    warmdown_shape: str = "cosine"
-    max_wallclock_seconds: float = 600.0
-    matrix_lr: float = 0.02
-    scalar_lr: float = 0.02
-    embed_lr: float = 0.6
-    head_lr: float = 0.008
-    weight_decay: float = 0.15
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    adam_eps: float = 1e-8
-    muon_momentum: float = 0.95
-    muon_momentum_warmup_start: float = 0.85
-    muon_momentum_warmup_steps: int = 500
-    muon_backend_steps: int = 5
-    ema_decay: float = 0.997
-    ema_every: int = 10
-    qat_start_frac: float = 0.85  # train on the artifact's int8 grid from this fraction of the steps or time; 1: never
-    val_loss_every: int = 0  # 0: validate only after training
-    train_log_every: int = 100
+    train_seq_len: int = setting(32768, COUNT)
+    train_batch_tokens: int = setting(524288, COUNT)
+    grad_accum_steps: int = setting(0, AT_LEAST_0)  # 0: 8 // world_size
+    iterations: int = setting(20000, COUNT)
+    warmup_steps: int = setting(20, AT_LEAST_0)
+    warmdown_iters: int = setting(7000, AT_LEAST_0)
+    warmdown_shape: str = setting("cosine", (lambda v, hp: v in ("linear", "cosine"), "linear or cosine"))
+    max_wallclock_seconds: float = setting(600.0, AT_LEAST_0)
+    matrix_lr: float = setting(0.02, AT_LEAST_0)
+    scalar_lr: float = setting(0.02, AT_LEAST_0)
+    embed_lr: float = setting(0.6, AT_LEAST_0)
+    head_lr: float = setting(0.008, AT_LEAST_0)
+    weight_decay: float = setting(0.15, AT_LEAST_0)
+    adam_beta1: float = setting(0.9, DECAY)
+    adam_beta2: float = setting(0.95, DECAY)
+    adam_eps: float = setting(1e-8, AT_LEAST_0)
+    muon_momentum: float = setting(0.95, DECAY)
+    muon_momentum_warmup_start: float = setting(0.85, DECAY)
+    muon_momentum_warmup_steps: int = setting(500, AT_LEAST_0)
+    muon_backend_steps: int = setting(5, COUNT)
+    ema_decay: float = setting(0.997, DECAY)
+    ema_every: int = setting(10, COUNT)
+    qat_start_frac: float = setting(0.85, within(0, 1))  # QAT from this fraction of the steps or time on; 1: never
+    val_loss_every: int = setting(0, AT_LEAST_0)  # 0: validate only after training
+    train_log_every: int = setting(100, COUNT)
     # artifact and evaluation
-    quant_bits: int = 8
-    zstd_level: int = 22
-    eval_stride: int = 0  # 0: score non-overlapping windows of train_seq_len
-    eval_batch_seqs: int = 4
-    eval_time_budget: float = 560.0  # seconds of evaluation after which TTT stops adapting
+    quant_bits: int = setting(8, within(2, 8))
+    zstd_level: int = setting(22, within(1, 22))
+    eval_stride: int = setting(0, within(0, lambda hp: hp.train_seq_len, "TRAIN_SEQ_LEN={hp.train_seq_len}"))  # 0: no overlap
+    eval_batch_seqs: int = setting(4, COUNT)
+    eval_time_budget: float = setting(560.0, AT_LEAST_0)  # seconds of evaluation after which TTT stops adapting
     ttt_enabled: bool = True
-    ttt_lr: float = 0.002
-    ttt_epochs: int = 25
-    ttt_chunk_tokens: int = 524288
-    ttt_batch_seqs: int = 4
-    ttt_freeze_blocks: int = 0
+    ttt_lr: float = setting(0.002, AT_LEAST_0)
+    ttt_epochs: int = setting(25, COUNT)
+    ttt_chunk_tokens: int = setting(524288, COUNT)
+    ttt_batch_seqs: int = setting(4, COUNT)
+    ttt_freeze_blocks: int = setting(0, within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"))
     # kernels and entry points
     scan_backend: str = "auto"  # auto | mamba_ssm | reference
     attn_backend: str = "auto"  # auto | flash_attn | flex | reference
@@ -141,10 +158,10 @@ class Hyperparameters:
         return hp
 
     def check(self) -> None:
-        """Every number finite and within its field's limits (LIMITS), and the model's shapes consistent."""
+        """Every number finite and within its field's limit, and the model's shapes consistent."""
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
-            test, wanted = LIMITS.get(field.name, (lambda v, hp: True, ""))
+            test, wanted = field.metadata.get("limit", (lambda v, hp: True, ""))
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{field.name.upper()}={value!r} must be a finite number")
             if not test(value, self):
@@ -152,42 +169,6 @@ class Hyperparameters:
         if self.model_dim % self.num_heads or self.num_heads % self.num_kv_heads or self.model_dim // self.num_heads % 2:
             raise ConfigError(f"MODEL_DIM={self.model_dim}, NUM_HEADS={self.num_heads}, NUM_KV_HEADS={self.num_kv_heads}: "
                               "heads must divide the width into even head sizes (rotary), KV heads must divide heads")
-
-
-# Limits of the settings: (test of the value and the whole configuration, what it must be). A 0 that has
-# a meaning (see the field's comment) is allowed; elsewhere sizes and counts are at least 1. Settings not
-# listed take any finite value.
-AT_LEAST_0 = (lambda v, hp: v >= 0, ">= 0")
-AT_LEAST_1 = (lambda v, hp: v >= 1, ">= 1")
-DECAY = (lambda v, hp: 0 <= v < 1, "in [0, 1)")
-
-
-def within(low, high, shown=None):
-    return lambda v, hp: low <= v <= (high(hp) if callable(high) else high), f"in {low}..{shown or high}"
-
-
-LIMITS = {
-    **dict.fromkeys(("num_layers", "model_dim", "num_heads", "num_kv_heads", "mlp_mult", "sliding_window", "hymba_expand",
-                     "hymba_ssm_state", "hymba_conv_kernel", "bigram_buckets", "bigram_hash_dim", "train_seq_len",
-                     "train_batch_tokens", "iterations", "muon_backend_steps", "ema_every", "train_log_every",
-                     "eval_batch_seqs", "ttt_epochs", "ttt_chunk_tokens", "ttt_batch_seqs"), AT_LEAST_1),
-    **dict.fromkeys(("grad_accum_steps", "warmup_steps", "warmdown_iters", "max_wallclock_seconds",
-                     "matrix_lr", "scalar_lr", "embed_lr", "head_lr", "weight_decay", "adam_eps",
-                     "muon_momentum_warmup_steps", "val_loss_every", "eval_time_budget", "ttt_lr"), AT_LEAST_0),
-    **dict.fromkeys(("adam_beta1", "adam_beta2", "muon_momentum", "muon_momentum_warmup_start", "ema_decay"), DECAY),
-    "qat_start_frac": within(0, 1),
-    "vocab_size": within(1, 65536),  # tokens are stored as uint16
-    "run_id": (lambda v, hp: "/" not in v and v not in (".", ".."), "a file name"),
-    "hymba_dt_rank": (lambda v, hp: v >= 1 or v == 0 and hp.model_dim >= 16, ">= 1 as MODEL_DIM/16 is 0"),
-    "seed": within(0, 2**32 - 1),  # numpy's seed range
-    "logit_softcap": (lambda v, hp: v > 0, "> 0"),
-    "rope_base": (lambda v, hp: v > 0, "> 0"),
-    "warmdown_shape": (lambda v, hp: v in ("linear", "cosine"), "linear or cosine"),
-    "quant_bits": within(2, 8),
-    "zstd_level": within(1, 22),
-    "eval_stride": within(0, lambda hp: hp.train_seq_len, "TRAIN_SEQ_LEN={hp.train_seq_len}"),
-    "ttt_freeze_blocks": within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"),
-}
 
 
 # -----------------------------------------------------------------------------
@@ -204,7 +185,7 @@ class Run:
     world_size: int
     device: torch.device
     log_path: Path | None
-    summary_path: Path = Path("submission.json")
+    summary_path: Path | None = None
     last_line: float = dataclasses.field(default_factory=time.perf_counter)
 
     @property
@@ -247,8 +228,7 @@ def setup_run(hp: Hyperparameters) -> Run:
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     hp.run_id = hp.run_id or uuid.uuid4().hex[:12]
-    run = Run(rank, world_size, device, Path(f"logs/{hp.run_id}.txt"),
-              Path(f"eval_{hp.run_id}.json" if hp.eval_only else "submission.json"))  # a re-score's results stay apart
+    run = Run(rank, world_size, device, Path(f"logs/{hp.run_id}.txt"), Path(f"logs/{hp.run_id}.json"))  # results by the log
     out = [] if hp.eval_only else [hp.artifact, "final_model.pt", *glob.glob("interrupted_model.*"), *glob.glob("last_finite_model.*")]
     for path in map(Path, [run.summary_path, *out, run.log_path]):  # nothing replaced unless asked, folders writable
         if path.exists() and os.environ.get("OVERWRITE") != "1":
@@ -275,9 +255,7 @@ def describe_device(device: torch.device) -> str:
 
 def autocast(device: torch.device):
     """bf16 matmuls on GPU; plain fp32 on CPU, where bf16 is slow and the tests want exact numbers."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
 
 
 # -----------------------------------------------------------------------------
@@ -690,10 +668,9 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def grid_weight(module: nn.Module) -> torch.Tensor:
-    """Late quantization-aware training (QAT; PR #599, the record's base, does it for the last 15% of
-    training): once the module's `qat` flag is 1, the forward sees a large weight as the artifact will
-    store it, on the int8 grid, and the gradient passes straight through to the float weight. The flag
-    is a tensor, so switching it on does not recompile."""
+    """Late quantization-aware training (QAT, as PR #599 for the last 15% of training): once the module's `qat`
+    flag is 1, the forward sees a large weight as the artifact will store it, on the int8 grid, and the gradient
+    passes straight through to the float weight. The flag is a tensor: switching it on does not recompile."""
     w = module.weight
     if not is_quantized(w):
         return w
@@ -769,7 +746,7 @@ class HymbaMixer(nn.Module):
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
         self.inner = hp.hymba_expand * dim
         self.state = hp.hymba_ssm_state
-        self.dt_rank = hp.hymba_dt_rank or dim // 16
+        self.dt_rank = hp.hymba_dt_rank or max(1, dim // 16)
         kv_dim = kv_heads * self.head_dim
         self.split_sizes = [kv_dim, kv_dim, self.inner, self.inner]
         self.q_proj = Linear(dim, dim, bias=False)
@@ -952,8 +929,7 @@ def quantize_state_dict(state_dict: dict, bits: int, coarsen: dict | None = None
         if is_quantized(tensor):
             packed["quantized"][name], packed["scales"][name] = quantize_tensor(tensor, bits, (coarsen or {}).get(name, 1))
         elif tensor.is_floating_point():
-            is_control = any(key in name for key in CONTROL_TENSOR_NAMES)
-            packed["kept"][name] = tensor.float() if is_control else tensor.half()
+            packed["kept"][name] = tensor.float() if any(key in name for key in CONTROL_TENSOR_NAMES) else tensor.half()
         else:
             packed["kept"][name] = tensor
     return packed
@@ -973,13 +949,9 @@ def compress(packed: dict, level: int) -> bytes:
 
 def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFACT_LIMIT_BYTES,
                   settings: dict | None = None) -> tuple[bytes, dict]:
-    """The compressed artifact (with the model's `settings`), at most `budget` bytes, and the grid coarsening it
-    took ({} when none).
-
-    When the default grid is over, the largest quantized tensors get a grid `coarsen` times coarser, in
-    steps, each round enough of them to cover the excess at an estimated log2((c+1)/c) bits saved per
-    weight for a step from c to c+1; then the artifact is compressed again to check.
-    """
+    """The compressed artifact (with the model's `settings`) in at most `budget` bytes, and the coarsening it took.
+    While over, the largest tensors' grids get coarser (c -> c+1 saves about log2((c+1)/c) bits a weight), enough
+    of them each round to cover the excess by that estimate; then the artifact is compressed again to check."""
     coarsen = {}
     blob = compress(dict(quantize_state_dict(state_dict, bits), settings=settings), level)
     largest_first = sorted((n for n, t in state_dict.items() if is_quantized(t)), key=lambda n: -state_dict[n].numel())
@@ -1313,7 +1285,6 @@ class StopSignal:
         if self.saved:  # else deferred, or the run is already stopping: only noted
             message, self.saved = f"{self.name} {self.saved}", None
             raise RunStopped(message, exit_code=0)
-
 
 
 STOP = StopSignal()

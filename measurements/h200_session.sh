@@ -55,7 +55,7 @@ COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_
 AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
 JOBS=(
   # name | command (run in /tmp/runs/NAME; python3 scripts given relative to the repository)
-  "proxy4000_qat|train_gpt.py ITERATIONS=4000"
+  "proxy4000_qat|train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
   "proxy4000_noqat|train_gpt.py ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
   "proxy1000_qat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
   "proxy1000_noqat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 QAT_START_FRAC=1 TTT_ENABLED=0"
@@ -87,7 +87,7 @@ for job in "${JOBS[@]}"; do
         > "$RES/$name/output.txt" 2>&1
     fi
     rc=$?; echo $rc > "$RES/$name/rc"
-    cp -r logs "$RES/$name/" 2>/dev/null; cp submission*.json "$RES/$name/" 2>/dev/null
+    cp -r logs "$RES/$name/" 2>/dev/null
     say "done $name exit $rc"
   ) &
   sleep 5

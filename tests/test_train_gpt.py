@@ -49,7 +49,7 @@ def final_line(stdout: str, prefix: str) -> dict:
 def test_script_runs_end_to_end(tiny_run):
     cwd, result = tiny_run
     assert result.returncode == 0, result.stderr[-3000:]
-    for name in ("final_model.int8.ptz", "final_model.pt", "submission.json", "logs/tiny.txt"):
+    for name in ("final_model.int8.ptz", "final_model.pt", "logs/tiny.json", "logs/tiny.txt"):
         assert (cwd / name).is_file(), name
     roundtrip = final_line(result.stdout, "final_int8_zstd_roundtrip_exact")
     ttt = final_line(result.stdout, "legal_ttt_exact")
@@ -61,7 +61,7 @@ def test_script_runs_end_to_end(tiny_run):
 
 def test_bytes_total_is_script_plus_artifact(tiny_run):
     cwd, result = tiny_run
-    summary = json.loads((cwd / "submission.json").read_text())
+    summary = json.loads((cwd / "logs/tiny.json").read_text())
     script, artifact = (ROOT / "train_gpt.py").stat().st_size, (cwd / "final_model.int8.ptz").stat().st_size
     assert summary["bytes_code"] == script and summary["bytes_model"] == artifact
     assert summary["bytes_total"] == script + artifact
@@ -94,9 +94,9 @@ def test_eval_only_reproduces_the_run(tiny_run, dataset, tokenizer_path):
     for prefix in ("final_int8_zstd_roundtrip_exact", "legal_ttt_exact"):
         assert final_line(again.stdout, prefix)["val_bpb"] == final_line(result.stdout, prefix)["val_bpb"]
     assert final_line(again.stdout, "artifact")["bytes_total"] == final_line(result.stdout, "artifact")["bytes_total"]
-    rescored = json.loads((cwd / "eval_rescore.json").read_text())  # its own results: the run's are untouched
+    rescored = json.loads((cwd / "logs/rescore.json").read_text())  # its own results: the run's are untouched
     assert rescored["val_bpb"] == pytest.approx(float(final_line(result.stdout, "legal_ttt_exact")["val_bpb"]), abs=1e-8)
-    assert json.loads((cwd / "submission.json").read_text())["steps"] == 12
+    assert json.loads((cwd / "logs/tiny.json").read_text())["steps"] == 12
 
 
 # --- model properties ------------------------------------------------------------------------------
