@@ -43,8 +43,10 @@ ARTIFACT_LIMIT_BYTES = 16_000_000
 # -----------------------------------------------------------------------------
 # Hyperparameters
 #
-# One dataclass; each field is read from the environment variable of the same name in upper case.
-# Values are checked when read, so a typo fails in the first second rather than after the GPUs spin up.
+# One dataclass; each field is read from the environment variable of the same name in upper case, and
+# checked when read against the limit beside it, setting(default, (test of the value and the whole
+# configuration, what it must be)), so a typo fails in the first second rather than after the GPUs spin
+# up. A 0 that has a meaning (see the field's comment) is allowed; elsewhere sizes and counts are >= 1.
 # -----------------------------------------------------------------------------
 
 
@@ -53,9 +55,6 @@ class ConfigError(ValueError):
     label, exit_code = "error", 2
 
 
-# Each setting's limit sits by its field: setting(default, (test of the value and the whole configuration,
-# what it must be)). A 0 that has a meaning (see the field's comment) is allowed; elsewhere sizes and counts
-# are at least 1. Settings without a limit take any finite value.
 COUNT = (lambda v, hp: v >= 1, ">= 1")
 AT_LEAST_0 = (lambda v, hp: v >= 0, ">= 0")
 POSITIVE = (lambda v, hp: v > 0, "> 0")
@@ -139,7 +138,7 @@ class Hyperparameters:
     ttt_freeze_blocks: int = setting(0, within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"))
     # kernels and entry points
     scan_backend: str = "auto"  # auto | mamba_ssm | reference
-    attn_backend: str = "auto"  # auto | flash_attn | flex | reference
+    attn_backend: str = "auto"  # auto | flex | reference
     compile: bool = True  # torch.compile on CUDA (never on CPU)
     eval_only: bool = False
     artifact: str = "final_model.int8.ptz"
@@ -222,7 +221,6 @@ def setup_run(hp: Hyperparameters) -> Run:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     else:
         device = torch.device("cpu")
     if world_size > 1:
@@ -452,10 +450,9 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
 # -----------------------------------------------------------------------------
 # Kernels
 #
-# Two operations have fast CUDA implementations in optional packages: the selective scan (mamba-ssm) and
-# sliding-window attention (flash-attn, or PyTorch's FlexAttention). Each also has a pure-PyTorch
-# reference here, which is what runs on CPU, what the tests check against, and what
-# SCAN_BACKEND / ATTN_BACKEND=reference forces. The short causal convolution needs no package.
+# Two operations have fast CUDA kernels: the selective scan (from the mamba-ssm package) and sliding-window
+# attention (PyTorch's FlexAttention). Each also has a pure-PyTorch reference here, which is what runs on
+# CPU, what the tests check against, and what SCAN_BACKEND / ATTN_BACKEND=reference forces.
 # -----------------------------------------------------------------------------
 
 
@@ -534,10 +531,7 @@ def sliding_window_attention_reference(q, k, v, window: int):
 @functools.cache
 def flex_sliding_window_mask(t: int, window: int, device: torch.device):
     from torch.nn.attention.flex_attention import create_block_mask
-
-    def sliding_causal(_b, _h, q_idx, kv_idx):
-        return (q_idx >= kv_idx) & (q_idx - kv_idx < window)
-    return create_block_mask(sliding_causal, None, None, t, t, device=device)
+    return create_block_mask(lambda _b, _h, q, kv: (q >= kv) & (q - kv < window), None, None, t, t, device=device)
 
 
 @functools.cache
@@ -550,11 +544,6 @@ def compiled_flex_attention():
 def sliding_window_attention_flex(q, k, v, block_mask):
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     return compiled_flex_attention()(q, k, v, block_mask=block_mask, enable_gqa=True).transpose(1, 2)
-
-
-def sliding_window_attention_flash(q, k, v, window: int):
-    from flash_attn import flash_attn_func
-    return flash_attn_func(q, k, v, causal=True, window_size=(window - 1, 0))
 
 
 # mamba-ssm's own autograd wrapper calls its CUDA extension directly, which torch.compile cannot trace:
@@ -611,8 +600,7 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
 KERNEL_CHOICES = {
     # operation: [(backend name, python module it needs or None, function)], fastest first
     "scan": [("mamba_ssm", "mamba_ssm", selective_scan_mamba_ssm), ("reference", None, selective_scan_reference)],
-    "attn": [("flash_attn", "flash_attn", sliding_window_attention_flash),
-             ("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
+    "attn": [("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
              ("reference", None, sliding_window_attention_reference)],
 }
 
@@ -774,14 +762,12 @@ class HymbaMixer(nn.Module):
         q = (q * self.q_gain.to(q.dtype)[:, None]).to(v.dtype)  # the norms may run in fp32 under autocast
         k = k.to(v.dtype)
         attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), window).reshape(b, t, -1)
-
         xm = causal_conv1d(xm, self.conv_weight, self.conv_bias)
         dt, B, C = self.x_proj(xm).split([self.dt_rank, self.state, self.state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight.to(dt.dtype))
         y = self.kernels.scan(xm.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()),
                               B.transpose(1, 2), C.transpose(1, 2), self.D, z.transpose(1, 2), self.dt_proj.bias)
         mamba = self.mamba_out(y.transpose(1, 2))
-
         share = torch.sigmoid(self.alpha).to(attn.dtype)
         return self.out_proj(share * attn + (1 - share) * mamba.to(attn.dtype))
 
@@ -1021,12 +1007,6 @@ def artifact_sizes(artifact: str, run: Run) -> dict:
                 over_limit=total > ARTIFACT_LIMIT_BYTES)
 
 
-def load_artifact_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> HymbaGPT:
-    model = build_model(hp, kernels, device)
-    model.load_state_dict(unpack_artifact(Path(hp.artifact).read_bytes()))
-    return model
-
-
 # -----------------------------------------------------------------------------
 # Evaluation
 #
@@ -1161,11 +1141,32 @@ def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_sta
     return bpb_from_totals(run.all_reduce(totals))
 
 
-def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, kernels: Kernels, results: dict) -> None:
-    """Score weights read back from the artifact file: plain roundtrip, then score-first TTT, into `results` when final."""
+def compile_evaluation(model: nn.Module, compiled, data: Data, hp: Hyperparameters, run: Run) -> None:
+    """Run once each (sequences, length) of batch this rank will score, or train on in TTT, so that torch.compile
+    does that work now, before any clock starts, rather than inside the evaluation's 600 s."""
+    n = len(data.val_tokens)
+    spans = [(1, n, hp.eval_stride, hp.eval_batch_seqs, False)]
+    for first in range(1, n, hp.ttt_chunk_tokens) if hp.ttt_enabled else ():
+        end = min(first + hp.ttt_chunk_tokens, n)
+        spans += [(first, end, hp.eval_stride, hp.eval_batch_seqs, False), (first, end, 0, hp.ttt_batch_seqs, True)]
+    shapes = {(len(batch), batch[0][1], grad) for first, end, stride, per, grad in spans for batch in
+              window_batches(make_windows(first, end, hp.train_seq_len, stride)[run.rank::run.world_size], per)}
+    for seqs, length, grad in sorted(shapes):  # scoring in eval mode without gradients; TTT in train mode with them
+        ids = torch.zeros(seqs, length, dtype=torch.int64, device=run.device)
+        model.train(grad)
+        with torch.set_grad_enabled(grad), autocast(run.device):
+            loss = compiled(ids, ids, reduction="none").sum()
+        if grad:
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+    model.train()
+
+
+def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT, compiled, results: dict) -> None:
+    """Score the weights read back from the artifact file (into the same model, whose compiled graphs are ready):
+    plain roundtrip, then score-first TTT, into `results` when final."""
     eval_start = time.perf_counter()
-    model = load_artifact_model(hp, kernels, run.device)
-    compiled = maybe_compile(model, hp, run.device)  # one wrapper for both passes
+    model.load_state_dict(unpack_artifact(Path(hp.artifact).read_bytes()))
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     roundtrip_ms = (time.perf_counter() - eval_start) * 1000
     run.log(f"final_int8_zstd_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{roundtrip_ms:.0f}ms")
@@ -1220,9 +1221,7 @@ def lr_multiplier(step: int, elapsed_ms: float, hp: Hyperparameters) -> float:
         warmdown_ms = hp.warmdown_iters * elapsed_ms / step
         remaining_ms = max(hp.max_wallclock_seconds * 1000 - elapsed_ms, 0.0)
         frac = min(frac, remaining_ms / warmdown_ms)
-    if hp.warmdown_shape == "linear":
-        return frac
-    return 0.5 * (1 - math.cos(math.pi * frac))
+    return frac if hp.warmdown_shape == "linear" else 0.5 * (1 - math.cos(math.pi * frac))
 
 
 def muon_momentum(step: int, hp: Hyperparameters) -> float:
@@ -1302,8 +1301,7 @@ def check_ranks_agree(run: Run, model: nn.Module, when: str) -> None:
     if run.world_size == 1:
         return
     names, params = zip(*model.named_parameters())
-    with torch.no_grad():
-        sums = torch.stack([torch.stack((p.double().sum(), p.double().square().sum())) for p in params])
+    sums = torch.stack([torch.stack((p.detach().double().sum(), p.detach().double().square().sum())) for p in params])
     extremes = run.all_reduce(torch.stack((sums, -sums)), dist.ReduceOp.MAX)
     differ = [name for name, same in zip(names, (extremes[0] == -extremes[1]).all(dim=1).tolist()) if not same]
     if differ:
@@ -1333,16 +1331,15 @@ def set_schedule(optimizers, multiplier: float, momentum: float) -> None:
                 group["momentum"] = momentum
 
 
-def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data, results: dict) -> None:
+def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: Data, results: dict) -> None:
     per_micro = hp.train_batch_tokens // (run.world_size * hp.grad_accum_steps)  # whole sequences: validate_setup
     run.log(f"world_size:{run.world_size} grad_accum_steps:{hp.grad_accum_steps}")
     run.log(f"model_params:{sum(p.numel() for p in model.parameters())}")
-    compiled = maybe_compile(model, hp, run.device)
     trainer = DistributedDataParallel(compiled, device_ids=[run.device.index] if run.device.type == "cuda" else None) \
         if run.world_size > 1 else compiled
     optimizers = build_optimizers(hp, model, run)
 
-    # Warm-up: compile and exercise every path, then put the weights and optimizer state back.
+    # Warm-up: compile and exercise every path, the evaluation's too, then put the weights and optimizer state back.
     if hp.warmup_steps > 0:
         initial_model = copy.deepcopy(model.state_dict())
         initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
@@ -1350,6 +1347,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, data: Data, resu
         for i in range(hp.warmup_steps):
             run.progress(f"warmup step {i + 1}/{hp.warmup_steps}")
             train_step(trainer, loader, optimizers, hp, run)
+        compile_evaluation(model, compiled, data, hp, run)
         model.load_state_dict(initial_model)
         for opt, state in zip(optimizers, initial_opts):
             opt.load_state_dict(state)
@@ -1475,13 +1473,15 @@ def main() -> int:
         kernels = validate_setup(hp, run)
         run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
         data = load_data(hp, run)
+        model = build_model(hp, kernels, run.device)
+        compiled = maybe_compile(model, hp, run.device)  # one wrapper for training and evaluation
         if hp.eval_only:
             STOP.saved = f"during evaluation: the results so far are in {run.summary_path}"
             run.log(f"eval_only: scoring {hp.artifact} with its settings {({k: getattr(hp, k) for k in MODEL_SETTINGS})}")
             results.update(artifact_sizes(hp.artifact, run))
         else:
-            train_model(hp, run, build_model(hp, kernels, run.device), data, results)
-        evaluate_artifact(hp, run, data, kernels, results)
+            train_model(hp, run, model, compiled, data, results)
+        evaluate_artifact(hp, run, data, model, compiled, results)
     except (ConfigError, RunStopped) as stop:
         results["stopped"] = f"{stop.label}: {stop}"
         return stop.exit_code

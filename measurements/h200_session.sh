@@ -13,7 +13,7 @@ REPO=$(pwd)
 RES=/tmp/res
 DATA=/tmp/devtext_sp1024
 TOK=/tmp/tokenizers/fineweb_1024_bpe.model
-MAX_PARALLEL=${MAX_PARALLEL:-5}  # training runs side by side on the one GPU (about 19 GiB each)
+MAX_PARALLEL=${MAX_PARALLEL:-4}  # runs side by side on the one GPU (about 19 GiB each, 37 with TTT at 4 sequences)
 
 collect() {  # everything small under $RES, in one archive under $OUT
   [ -n "${OUT:-}" ] && tar czf "$OUT/results.tar.gz" -C /tmp --exclude='*.pt' --exclude='*.ptz' res 2>/dev/null

@@ -96,13 +96,6 @@ def test_flex_attention_matches_reference():
 
 
 @cuda
-@needs("flash_attn")
-def test_flash_attention_matches_reference():
-    compare(lambda **kw: tg.sliding_window_attention_flash(**kw, window=W),
-            lambda **kw: tg.sliding_window_attention_reference(**kw, window=W), attention_inputs(), "flash attention")
-
-
-@cuda
 def test_full_model_fast_path_matches_reference():
     hp = tg.Hyperparameters(train_seq_len=T)
     fast = tg.select_kernels(hp, torch.device("cuda"))

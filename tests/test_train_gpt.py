@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+import time
 import unicodedata
 
 import numpy as np
@@ -425,6 +426,35 @@ def test_ttt_never_scores_a_token_with_weights_trained_on_it(tokenizer_path, mon
     assert sorted(scored) == list(range(1, len(data.val_tokens))), "every target scored exactly once"
     assert [k for k, _ in events].count("train") == math.ceil(699 / 128) - 1, "trains on every chunk but the last"
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items()), "TTT changed the weights"
+
+
+class RecordingModel(torch.nn.Module):
+    """The model, noting the (shape, gradients on, train mode, reduction) of every forward it runs."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.inner, self.seen = model, set()
+
+    def forward(self, ids, targets, reduction="mean"):
+        self.seen.add((tuple(ids.shape), torch.is_grad_enabled(), self.inner.training, reduction))
+        return self.inner(ids, targets, reduction)
+
+
+@pytest.mark.parametrize("stride,ttt", [(0, True), (48, True), (0, False)])
+def test_warm_up_runs_every_forward_the_evaluation_will_run(tokenizer_path, stride, ttt):
+    """What torch.compile would compile during the evaluation: every shape and mode is run once in the warm-up."""
+    hp = tiny_hp(TTT_CHUNK_TOKENS=200, TTT_EPOCHS=1, TRAIN_SEQ_LEN=64, EVAL_STRIDE=stride, EVAL_BATCH_SEQS=3,
+                 TTT_BATCH_SEQS=2, TTT_ENABLED=int(ttt), EVAL_TIME_BUDGET=1e9)
+    data, run = tiny_data(tokenizer_path), tg.Run(0, 1, torch.device("cpu"), None)
+    model = RecordingModel(tg.HymbaGPT(hp, reference_kernels()))
+    tg.compile_evaluation(model.inner, model, data, hp, run)
+    warmed, model.seen = model.seen, set()
+    assert model.inner.training and all(p.grad is None for p in model.parameters())
+    tg.evaluate_bpb(model, data, hp, run)
+    if ttt:
+        tg.evaluate_with_ttt(model, data, hp, run, time.perf_counter())
+    assert model.seen <= warmed, model.seen - warmed
+    assert len({shape for shape, *_ in model.seen}) > 1  # the tail windows and batches differ
 
 
 def test_ttt_stops_adapting_when_the_budget_is_spent(tokenizer_path, monkeypatch):
