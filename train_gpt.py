@@ -895,11 +895,12 @@ def is_quantized(tensor: torch.Tensor) -> bool:
 
 
 def quantize_tensor(w: torch.Tensor, bits: int, coarsen: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row as integers in [-qmax, qmax] times an fp16 scale, max(row max |w|, 1) * coarsen / qmax."""
+    """Each row as integers in [-qmax, qmax] times an fp16 scale, max(row max |w|, 1) * coarsen / qmax. Rows times the
+    scale's reciprocal taken in float64: compiled GPU code divides fp32 inexactly, and QAT must round as the export."""
     qmax = 2 ** (bits - 1) - 1
     rows = w.detach().float().reshape(w.size(0), -1)
     scale = (rows.abs().amax(dim=1).clamp(min=1.0) * (coarsen / qmax)).half()
-    q = torch.round(rows / scale.float()[:, None]).clamp(-qmax, qmax)
+    q = torch.round(rows * (1 / scale.double()).float()[:, None]).clamp(-qmax, qmax)
     return q.to(torch.int8).view(w.shape), scale
 
 
@@ -1154,8 +1155,8 @@ def compile_evaluation(model: nn.Module, compiled, data: Data, hp: Hyperparamete
     for seqs, length, grad in sorted(shapes):  # scoring in eval mode without gradients; TTT in train mode with them
         ids = torch.zeros(seqs, length, dtype=torch.int64, device=run.device)
         model.train(grad)
-        with torch.set_grad_enabled(grad), autocast(run.device):
-            loss = compiled(ids, ids, reduction="none").sum()
+        with torch.set_grad_enabled(grad), autocast(run.device):  # targets apart from ids: dynamo guards on aliasing
+            loss = compiled(ids, torch.zeros_like(ids), reduction="none").sum()
         if grad:
             loss.backward()
     model.zero_grad(set_to_none=True)

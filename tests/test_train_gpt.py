@@ -429,14 +429,15 @@ def test_ttt_never_scores_a_token_with_weights_trained_on_it(tokenizer_path, mon
 
 
 class RecordingModel(torch.nn.Module):
-    """The model, noting the (shape, gradients on, train mode, reduction) of every forward it runs."""
+    """The model, noting what torch.compile guards on in every forward it runs: the shape, gradients on, train
+    mode, the reduction, and whether the inputs are the targets."""
 
     def __init__(self, model):
         super().__init__()
         self.inner, self.seen = model, set()
 
     def forward(self, ids, targets, reduction="mean"):
-        self.seen.add((tuple(ids.shape), torch.is_grad_enabled(), self.inner.training, reduction))
+        self.seen.add((tuple(ids.shape), torch.is_grad_enabled(), self.inner.training, reduction, ids is targets))
         return self.inner(ids, targets, reduction)
 
 
