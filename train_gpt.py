@@ -695,8 +695,7 @@ class Rotary(nn.Module):
 
 
 class BigramHash(nn.Module):
-    """A learned vector per hashed (previous token, token) pair, projected to the model width (BigramHash, from
-    the parameter-golf records)."""
+    """A learned vector per hashed (previous, current) token pair, projected to the width (parameter-golf records)."""
 
     def __init__(self, vocab_size: int, buckets: int, hash_dim: int, model_dim: int):
         super().__init__()
@@ -983,10 +982,10 @@ def code_bytes() -> int:
 
 def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str, raw: dict, raw_path: str) -> dict:
     """Rank 0 writes `raw` with torch.save (first, as it is quick), then `weights` compressed; every rank waits."""
-    sizes = {}
+    sizes, t0 = {}, time.perf_counter()
     if run.is_master:
         torch.save(raw, raw_path)
-        t0 = time.perf_counter()
+        run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd level {hp.zstd_level}: a minute or more at 22)")
         blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes(),
                                       {k: getattr(hp, k) for k in MODEL_SETTINGS})
         Path(artifact).write_bytes(blob)
@@ -1359,8 +1358,9 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     train_ms, step, qat_on = 0.0, 0, False
     run.sync()
     t0 = time.perf_counter()
-    run.log(f"lr_schedule: {hp.warmdown_shape} warmdown from step {max(hp.iterations - hp.warmdown_iters, 0)}, or the time left for "
-            f"{hp.warmdown_iters} steps (from step 0 if a step takes over {hp.max_wallclock_seconds / (hp.warmdown_iters + 1):.3f}s)")
+    by_time = f", or by time: from step 0 if a step takes over {hp.max_wallclock_seconds / (hp.warmdown_iters + 1):.3f}s"
+    run.log(f"lr_schedule: {hp.warmdown_shape} warmdown from step {max(hp.iterations - hp.warmdown_iters, 0)}"
+            + by_time * (hp.max_wallclock_seconds > 0))
     STOP.saved = None  # deferred until the weights are on disk (and, if training stops early, while the run winds down)
     with contextlib.nullcontext(STOP) as stop_signal:
         while step < hp.iterations:
