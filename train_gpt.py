@@ -985,7 +985,7 @@ def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str,
     sizes, t0 = {}, time.perf_counter()
     if run.is_master:
         torch.save(raw, raw_path)
-        run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd level {hp.zstd_level}: a minute or more at 22)")
+        run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd {hp.zstd_level}: a minute at the record's size)")
         blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes(),
                                       {k: getattr(hp, k) for k in MODEL_SETTINGS})
         Path(artifact).write_bytes(blob)
