@@ -1,15 +1,21 @@
-"""Shared fixtures: a tiny corpus, a SentencePiece tokenizer trained on it, and shards in the challenge's format."""
+"""Shared fixtures and helpers: a tiny corpus, a SentencePiece tokenizer trained on it, shards in the challenge's
+format, a tiny configuration of the script and ways to run it."""
 import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+import sentencepiece as spm
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+import train_gpt as tg  # noqa: E402 (found through the path above)
 
 TINY = dict(NUM_LAYERS="2", MODEL_DIM="32", NUM_HEADS="4", NUM_KV_HEADS="2", MLP_MULT="2", SLIDING_WINDOW="16",
             BIGRAM_BUCKETS="64", BIGRAM_HASH_DIM="8", VOCAB_SIZE="320", TRAIN_SEQ_LEN="64", TRAIN_BATCH_TOKENS="256",
@@ -23,6 +29,44 @@ def run_script(cwd, env_extra, timeout=240):
     env.update(TINY, **env_extra)
     return subprocess.run([sys.executable, str(ROOT / "train_gpt.py")], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def tiny_hp(**overrides) -> tg.Hyperparameters:
+    env = {**TINY, **{k.upper(): str(v) for k, v in overrides.items()}}
+    return tg.Hyperparameters.from_env(env)
+
+
+def reference_kernels() -> tg.Kernels:
+    return tg.select_kernels(tiny_hp(), torch.device("cpu"))
+
+
+def final_line(stdout: str, prefix: str) -> dict:
+    line = [l for l in stdout.splitlines() if l.startswith(prefix + " ")][-1]
+    return {k: v for k, v in (item.split(":", 1) for item in line.split()[1:])}
+
+
+def tiny_data(tokenizer_path, n_tokens=700):
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
+    ids = [t for doc in make_documents(100, seed=9) for t in [1] + sp.encode(doc)][:n_tokens]
+    return tg.Data(torch.tensor(ids), tg.build_byte_tables(sp, 320, torch.device("cpu")), [])
+
+
+def fails_fast(cwd, env, *expected, code=2):
+    """The script exits with `code` and one line on stderr naming what is wrong, before any training step."""
+    started = time.perf_counter()
+    result = run_script(cwd, env, timeout=60)
+    assert result.returncode == code, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
+    for text in expected:
+        assert text in lines[0]
+    assert "model_params" not in result.stdout and "step:" not in result.stdout, "failed only after training began"
+    assert time.perf_counter() - started < 20
+    return lines[0]
+
+
+def paths(data, tokenizer, **extra):
+    return dict(DATA_PATH=str(data), TOKENIZER_PATH=str(tokenizer), **{k: str(v) for k, v in extra.items()})
 
 
 WORDS = ("the a of and to in is was for on that with as by at from his her they it be this which or had "
@@ -52,7 +96,6 @@ def write_shard(path: Path, tokens) -> None:
 
 @pytest.fixture(scope="session")
 def tokenizer_path(tmp_path_factory) -> Path:
-    import sentencepiece as spm
     folder = tmp_path_factory.mktemp("tokenizer")
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(make_documents(400, seed=0)), model_prefix=str(folder / "tiny"), vocab_size=320,
@@ -63,7 +106,6 @@ def tokenizer_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory, tokenizer_path) -> Path:
     """Two train shards and one validation shard; every document starts with BOS (id 1)."""
-    import sentencepiece as spm
     sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
     folder = tmp_path_factory.mktemp("data")
 

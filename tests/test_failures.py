@@ -5,14 +5,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, write_shard
-from test_train_gpt import TINY, final_line, run_script
+from conftest import ROOT, TINY, fails_fast, final_line, paths, run_script, write_shard
 
 import train_gpt as tg
 
@@ -27,24 +25,6 @@ def data_copy(tmp_path, dataset):
     folder = tmp_path / "data"
     shutil.copytree(dataset, folder)
     return folder
-
-
-def fails_fast(cwd, env, *expected, code=2):
-    """The script exits with `code` and one line on stderr naming what is wrong, before any training step."""
-    started = time.perf_counter()
-    result = run_script(cwd, env, timeout=60)
-    assert result.returncode == code, result.stderr[-2000:]
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr[-2000:]
-    for text in expected:
-        assert text in lines[0]
-    assert "model_params" not in result.stdout and "step:" not in result.stdout, "failed only after training began"
-    assert time.perf_counter() - started < 20
-    return lines[0]
-
-
-def paths(data, tokenizer, **extra):
-    return dict(DATA_PATH=str(data), TOKENIZER_PATH=str(tokenizer), **{k: str(v) for k, v in extra.items()})
 
 
 # --- bad input: one line, exit code 2, before training --------------------------------------------------

@@ -8,9 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY
-from test_failures import fails_fast, paths
-from test_train_gpt import final_line
+from conftest import ROOT, TINY, fails_fast, final_line, paths, reference_kernels, tiny_data, tiny_hp
 
 import train_gpt as tg
 
@@ -123,7 +121,6 @@ def test_sigterm_before_training_stops_in_one_line(tmp_path, dataset, tokenizer_
 
 
 def test_progress_lines_in_a_long_phase(capsys, tokenizer_path):
-    from test_train_gpt import reference_kernels, tiny_data, tiny_hp
     run = tg.Run(0, 1, torch.device("cpu"), None)
     run.last_line -= 31  # as if the last line was 31 s ago
     tg.evaluate_bpb(tg.HymbaGPT(tiny_hp(), reference_kernels()), tiny_data(tokenizer_path), tiny_hp(), run)
@@ -131,7 +128,6 @@ def test_progress_lines_in_a_long_phase(capsys, tokenizer_path):
 
 
 def test_the_settings_cost_under_a_kilobyte():
-    from test_train_gpt import reference_kernels, tiny_hp
     state = tg.HymbaGPT(tiny_hp(), reference_kernels()).state_dict()
     settings = {k: getattr(tg.Hyperparameters(), k) for k in tg.MODEL_SETTINGS}
     assert 0 < len(tg.pack_artifact(state, 8, 22, settings=settings)[0]) - len(tg.pack_artifact(state, 8, 22)[0]) < 1000

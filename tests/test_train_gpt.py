@@ -8,23 +8,13 @@ import sys
 import time
 import unicodedata
 
-import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import ROOT, TINY, make_documents, run_script  # noqa: F401 (test_failures imports them from here)
+from conftest import ROOT, final_line, make_documents, reference_kernels, tiny_data, tiny_hp
 
 import train_gpt as tg
-
-
-def tiny_hp(**overrides) -> tg.Hyperparameters:
-    env = {**TINY, **{k.upper(): str(v) for k, v in overrides.items()}}
-    return tg.Hyperparameters.from_env(env)
-
-
-def reference_kernels() -> tg.Kernels:
-    return tg.select_kernels(tiny_hp(), torch.device("cpu"))
 
 
 def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
@@ -37,11 +27,6 @@ def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
                 continue
             p.add_(torch.randn_like(p) * 0.2)
     return model
-
-
-def final_line(stdout: str, prefix: str) -> dict:
-    line = [l for l in stdout.splitlines() if l.startswith(prefix + " ")][-1]
-    return {k: v for k, v in (item.split(":", 1) for item in line.split()[1:])}
 
 
 # --- the whole script ------------------------------------------------------------------------------
@@ -388,12 +373,6 @@ def test_windows_score_every_target_once():
 
 
 # --- test-time training is score-first ------------------------------------------------------------
-
-
-def tiny_data(tokenizer_path, n_tokens=700):
-    sp = spm.SentencePieceProcessor(model_file=str(tokenizer_path))
-    ids = [t for doc in make_documents(100, seed=9) for t in [1] + sp.encode(doc)][:n_tokens]
-    return tg.Data(torch.tensor(ids), tg.build_byte_tables(sp, 320, torch.device("cpu")), [])
 
 
 def test_ttt_never_scores_a_token_with_weights_trained_on_it(tokenizer_path, monkeypatch):
