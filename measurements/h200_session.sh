@@ -7,7 +7,8 @@
 #   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
 # Results gather in /tmp/res (one folder per run: its console output and log, no weights).
 # DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark, and those
-# settings appended to every run.
+# settings appended to every run. ONLY="ab_* gpu_tests" runs only the jobs whose names match (and the benchmark
+# only if "benchmark" matches); a job that waits for another ("after:") needs that one in the list too.
 set -u
 REPO=$(pwd)
 RES=/tmp/res
@@ -32,6 +33,7 @@ fi
 # --- run (detached) ---------------------------------------------------------------------------------
 SECONDS=0
 say() { echo "[$(printf '%4d' $SECONDS)s] $*"; }
+selected() { [ -z "${ONLY:-}" ] && return 0; for g in $ONLY; do case "$1" in $g) return 0 ;; esac; done; return 1; }
 cp -r "$REPO/.gpu/devtext_sp1024" "$REPO/.gpu/tokenizers" /tmp/
 cp -r "$REPO" /tmp/repo && rm -rf /tmp/repo/.gpu  # runs read the script from here; the checkout may be laid anew
 cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
@@ -46,9 +48,11 @@ sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]
 say "mamba-ssm build exit $?: $(python3 -c 'import mamba_ssm; print(mamba_ssm.__version__)' 2>&1 | tail -1)"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$RES/nvidia_smi.txt"
 
+if selected benchmark; then
 say "benchmark (alone on the GPU)"
 python3 benchmark.py --warmup 3 --iters 10 --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
 say "benchmark exit $?"; tail -n 3 "$RES/benchmark.txt"
+fi
 fi
 
 COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
@@ -68,6 +72,7 @@ JOBS=(
 )
 for job in "${JOBS[@]}"; do
   IFS='|' read -r name command <<< "$job"
+  selected "$name" || continue
   while [ "$(jobs -rp | wc -l)" -ge "$MAX_PARALLEL" ]; do sleep 2; done
   mkdir -p "$RES/$name" "/tmp/runs/$name"
   say "start $name"
