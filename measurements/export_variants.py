@@ -4,7 +4,8 @@
 
 RAW_WEIGHTS is the raw state a training run saves before its export (`final_model.pt`: the EMA weights). Each
 variant is packed as train_gpt.py packs the artifact, except that the named tensors are kept in fp16 instead of
-int8; it prints the compressed size and the BPB of the weights read back, scored as the roundtrip line scores.
+int8; it prints the compressed size (without the few hundred bytes of recorded settings the real artifact adds)
+and the BPB of the weights read back, scored as the roundtrip line scores.
 """
 import sys
 from concurrent.futures import ThreadPoolExecutor
