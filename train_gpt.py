@@ -938,21 +938,20 @@ def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFAC
     """The compressed artifact (with the model's `settings`) in at most `budget` bytes, and the coarsening it took.
     While over, the largest tensors' grids get coarser (c -> c+1 saves about log2((c+1)/c) bits a weight), enough
     of them each round to cover the excess by that estimate; then the artifact is compressed again to check."""
-    coarsen = {}
-    blob = compress(dict(quantize_state_dict(state_dict, bits), settings=settings), level)
-    largest_first = sorted((n for n, t in state_dict.items() if is_quantized(t)), key=lambda n: -state_dict[n].numel())
-    while len(blob) > budget:
-        if not largest_first or min(coarsen.get(n, 1) for n in largest_first) >= 2 ** (bits - 1) - 1:
+    coarsen, quantized = {}, [name for name, t in state_dict.items() if is_quantized(t)]
+    while True:
+        blob = compress(dict(quantize_state_dict(state_dict, bits, coarsen), settings=settings), level)
+        if len(blob) <= budget:
+            return blob, coarsen
+        if not quantized or min(coarsen.get(n, 1) for n in quantized) >= 2 ** (bits - 1) - 1:
             raise RuntimeError(f"the artifact cannot fit {budget} bytes even on the coarsest grid")
         saved, excess = 0.0, (len(blob) - budget) * 1.05
-        for name in sorted(largest_first, key=lambda n: (coarsen.get(n, 1), -state_dict[n].numel())):
+        for name in sorted(quantized, key=lambda n: (coarsen.get(n, 1), -state_dict[n].numel())):  # largest first
             c = coarsen.get(name, 1)
             coarsen[name] = c + 1
             saved += state_dict[name].numel() * math.log2((c + 1) / c) / 8
             if saved >= excess:
                 break
-        blob = compress(dict(quantize_state_dict(state_dict, bits, coarsen), settings=settings), level)
-    return blob, coarsen
 
 
 def unpack_artifact(blob: bytes) -> dict:
@@ -1362,54 +1361,53 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     run.log(f"lr_schedule: {hp.warmdown_shape} warmdown from step {max(hp.iterations - hp.warmdown_iters, 0)}"
             + by_time * (hp.max_wallclock_seconds > 0))
     STOP.saved = None  # deferred until the weights are on disk (and, if training stops early, while the run winds down)
-    with contextlib.nullcontext(STOP) as stop_signal:
-        while step < hp.iterations:
-            if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
-                run.sync()
-                train_ms += (time.perf_counter() - t0) * 1000
-                loss, bpb = evaluate_bpb(compiled, data, hp, run)
-                run.log(f"step:{step}/{hp.iterations} val_loss:{loss:.4f} val_bpb:{bpb:.4f} train_time:{train_ms:.0f}ms "
-                        f"step_avg:{train_ms / max(step, 1):.2f}ms")
-                run.sync()
-                t0 = time.perf_counter()
-            elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-            set_schedule(optimizers, lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp))
-            try:
-                loss = train_step(trainer, loader, optimizers, hp, run)
-            except ConfigError as error:  # bad tokens in a train shard the stream just reached: keep what was learnt
-                raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-                raise ConfigError(f"{error}; {save_stopped_run(hp, run, 'interrupted', ema.weights(model), raw)}") from None
-            step += 1
-            elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-            if step % hp.train_log_every == 0 or step == hp.iterations:
-                run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
-                        f"step_avg:{elapsed_ms / step:.2f}ms")
-            # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a
-            # non-finite loss, so they stop at the same step, and whether QAT is due, so they start it together.
-            time_frac = elapsed_ms / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
-            flags = torch.tensor([time_frac >= 1, bool(stop_signal.name), max(time_frac, step / hp.iterations) >= hp.qat_start_frac],
-                                 dtype=torch.int32, device=run.device)
-            flags = torch.cat((flags, (~torch.isfinite(loss)).int().view(1)))
-            out_of_time, signalled, qat_due, nonfinite = run.all_reduce(flags, dist.ReduceOp.MAX).tolist()
-            if qat_due and hp.qat_start_frac < 1 and not qat_on:
-                qat_on = True
-                set_qat(model, True)
-                run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 grid")
-            if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
-                saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=step - 1))
-                # unless the weights it took in at the step before had already overflowed while the loss had not
-                if not all(t.isfinite().all() for t in ema.shadow.values()):
-                    saved += " (WARNING: the EMA is not finite either)"
-                raise RunStopped(f"train_loss is not finite at step {step}; {saved}", exit_code=3)
-            ema.update(model, step)
-            if signalled:
-                raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-                saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
-                raise RunStopped(f"{stop_signal.name or 'a signal to another rank'} at step {step}: training stopped; "
-                                 f"{saved}", exit_code=0)
-            if out_of_time:
-                run.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{hp.iterations}")
-                break
+    while step < hp.iterations:
+        if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
+            run.sync()
+            train_ms += (time.perf_counter() - t0) * 1000
+            loss, bpb = evaluate_bpb(compiled, data, hp, run)
+            run.log(f"step:{step}/{hp.iterations} val_loss:{loss:.4f} val_bpb:{bpb:.4f} train_time:{train_ms:.0f}ms "
+                    f"step_avg:{train_ms / max(step, 1):.2f}ms")
+            run.sync()
+            t0 = time.perf_counter()
+        elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
+        set_schedule(optimizers, lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp))
+        try:
+            loss = train_step(trainer, loader, optimizers, hp, run)
+        except ConfigError as error:  # bad tokens in a train shard the stream just reached: keep what was learnt
+            raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
+            raise ConfigError(f"{error}; {save_stopped_run(hp, run, 'interrupted', ema.weights(model), raw)}") from None
+        step += 1
+        elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
+        if step % hp.train_log_every == 0 or step == hp.iterations:
+            run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
+                    f"step_avg:{elapsed_ms / step:.2f}ms")
+        # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a
+        # non-finite loss, so they stop at the same step, and whether QAT is due, so they start it together.
+        time_frac = elapsed_ms / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
+        flags = torch.tensor([time_frac >= 1, bool(STOP.name), max(time_frac, step / hp.iterations) >= hp.qat_start_frac],
+                             dtype=torch.int32, device=run.device)
+        flags = torch.cat((flags, (~torch.isfinite(loss)).int().view(1)))
+        out_of_time, signalled, qat_due, nonfinite = run.all_reduce(flags, dist.ReduceOp.MAX).tolist()
+        if qat_due and hp.qat_start_frac < 1 and not qat_on:
+            qat_on = True
+            set_qat(model, True)
+            run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 grid")
+        if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
+            saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=step - 1))
+            # unless the weights it took in at the step before had already overflowed while the loss had not
+            if not all(t.isfinite().all() for t in ema.shadow.values()):
+                saved += " (WARNING: the EMA is not finite either)"
+            raise RunStopped(f"train_loss is not finite at step {step}; {saved}", exit_code=3)
+        ema.update(model, step)
+        if signalled:
+            raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
+            saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
+            raise RunStopped(f"{STOP.name or 'a signal to another rank'} at step {step}: training stopped; "
+                             f"{saved}", exit_code=0)
+        if out_of_time:
+            run.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{hp.iterations}")
+            break
     run.sync()
     train_ms += (time.perf_counter() - t0) * 1000
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
