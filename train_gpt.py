@@ -656,9 +656,8 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def grid_weight(module: nn.Module) -> torch.Tensor:
-    """Late quantization-aware training (QAT, as PR #599 for the last 15% of training): once the module's `qat`
-    flag is 1, the forward sees a large weight as the artifact will store it, on the int8 grid, and the gradient
-    passes straight through to the float weight. The flag is a tensor: switching it on does not recompile."""
+    """Late quantization-aware training (QAT, as PR #599): once the module's `qat` flag (a tensor: no recompile) is 1,
+    the forward sees a large weight exactly as the artifact stores it; the gradient passes straight through."""
     w = module.weight
     if not is_quantized(w):
         return w
@@ -677,9 +676,8 @@ class Embedding(nn.Embedding):
 
 
 def set_qat(model: nn.Module, on: bool) -> None:
-    for module in model.modules():
-        if hasattr(module, "qat"):
-            module.qat.fill_(float(on))
+    for module in (m for m in model.modules() if hasattr(m, "qat")):
+        module.qat.fill_(float(on))
 
 
 class Rotary(nn.Module):
@@ -814,17 +812,16 @@ class HymbaGPT(nn.Module):
         self.num_encoder = hp.num_layers // 2
         self.skip_weights = nn.Parameter(torch.ones(min(self.num_encoder, hp.num_layers - self.num_encoder), hp.model_dim))
         self.lm_head = None if hp.tie_embeddings else Linear(hp.model_dim, hp.vocab_size, bias=False)
-        for module in self.modules():  # orthogonal init (gain 1), as PR #599, of the linear layers not started at zero
-            if isinstance(module, nn.Linear) and module.weight.any():
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and module.weight.any():  # orthogonal (gain 1), as PR #599, unless zero
                 nn.init.orthogonal_(module.weight)
+            if isinstance(module, (Linear, Embedding)) and is_quantized(module.weight):  # QAT's switch: grid_weight
+                module.register_buffer("qat", torch.zeros(()), persistent=False)
+                module.qat_bits = hp.quant_bits
         if self.lm_head is not None:
             nn.init.zeros_(self.lm_head.weight)
         else:
             nn.init.normal_(self.tok_emb.weight, std=0.005)
-        for module in self.modules():
-            if isinstance(module, (Linear, Embedding)) and is_quantized(module.weight):
-                module.register_buffer("qat", torch.zeros(()), persistent=False)
-                module.qat_bits = hp.quant_bits
 
     def logits(self, ids: torch.Tensor, window) -> torch.Tensor:
         x = self.tok_emb(ids)
@@ -927,20 +924,26 @@ def dequantize_state_dict(packed: dict) -> dict:
     return {name: t.to(getattr(torch, packed["dtypes"][name])) for name, t in out.items()}
 
 
-def compress(packed: dict, level: int) -> bytes:
+def compress(packed: dict, level: int, progress=lambda what: None) -> bytes:
+    """torch.save, then zstd, fed in 4 MiB pieces so that a long compression reports progress (one zstd frame)."""
     buffer = io.BytesIO()
     torch.save(packed, buffer)
-    return zstandard.ZstdCompressor(level=level).compress(buffer.getvalue())
+    raw, piece = buffer.getbuffer(), 1 << 22
+    compressor, out = zstandard.ZstdCompressor(level=level).compressobj(size=len(raw)), []
+    for start in range(0, len(raw), piece):
+        progress(f"artifact: compressing, {start / len(raw):.0%} done")
+        out.append(compressor.compress(raw[start:start + piece]))
+    return b"".join(out) + compressor.flush()
 
 
 def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFACT_LIMIT_BYTES,
-                  settings: dict | None = None) -> tuple[bytes, dict]:
+                  settings: dict | None = None, progress=lambda what: None) -> tuple[bytes, dict]:
     """The compressed artifact (with the model's `settings`) in at most `budget` bytes, and the coarsening it took.
     While over, the largest tensors' grids get coarser (c -> c+1 saves about log2((c+1)/c) bits a weight), enough
     of them each round to cover the excess by that estimate; then the artifact is compressed again to check."""
     coarsen, quantized = {}, [name for name, t in state_dict.items() if is_quantized(t)]
     while True:
-        blob = compress(dict(quantize_state_dict(state_dict, bits, coarsen), settings=settings), level)
+        blob = compress(dict(quantize_state_dict(state_dict, bits, coarsen), settings=settings), level, progress)
         if len(blob) <= budget:
             return blob, coarsen
         if not quantized or min(coarsen.get(n, 1) for n in quantized) >= 2 ** (bits - 1) - 1:
@@ -986,7 +989,7 @@ def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str,
         torch.save(raw, raw_path)
         run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd {hp.zstd_level}: a minute at the record's size)")
         blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes(),
-                                      {k: getattr(hp, k) for k in MODEL_SETTINGS})
+                                      {k: getattr(hp, k) for k in MODEL_SETTINGS}, run.progress)
         Path(artifact).write_bytes(blob)
         sizes = dict(artifact_sizes(artifact, run), grid_coarsened=coarsen)
         run.log(f"artifact_fit margin:{sizes['margin']} export_time:{time.perf_counter() - t0:.1f}s grid_coarsened:"
@@ -1162,8 +1165,7 @@ def compile_evaluation(model: nn.Module, compiled, data: Data, hp: Hyperparamete
 
 
 def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT, compiled, results: dict) -> None:
-    """Score the weights read back from the artifact file (into the same model, whose compiled graphs are ready):
-    plain roundtrip, then score-first TTT, into `results` when final."""
+    """Score the artifact's weights, read into the warmed-up model: roundtrip, then score-first TTT, into `results`."""
     eval_start = time.perf_counter()
     model.load_state_dict(unpack_artifact(Path(hp.artifact).read_bytes()))
     loss, bpb = evaluate_bpb(compiled, data, hp, run)

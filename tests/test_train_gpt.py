@@ -257,6 +257,17 @@ def test_quantization_grid_floor_own_scale_and_exact_compression():
     assert torch.equal(restored["steps"], state["steps"])
 
 
+def test_compression_reports_progress_and_is_lossless():
+    import io, zstandard
+    packed = {"w": torch.randint(-20, 20, (3 * 2**21,), dtype=torch.int8, generator=torch.Generator().manual_seed(0))}
+    said = []
+    blob = tg.compress(packed, 3, said.append)
+    buffer = io.BytesIO()
+    torch.save(packed, buffer)
+    assert zstandard.ZstdDecompressor().decompress(blob) == buffer.getvalue()  # one frame, its size in the header
+    assert said == ["artifact: compressing, 0% done", "artifact: compressing, 67% done"]
+
+
 def test_quantize_dequantize_quantize_is_stable():
     torch.manual_seed(1)
     w = torch.cat((torch.randn(64, 128) * 0.03, torch.randn(64, 128) * 4))
