@@ -369,10 +369,8 @@ class TokenStream:
             if self.pos == len(self.tokens):
                 self.file_index = (self.file_index + 1) % len(self.paths)
                 self.tokens, self.pos = load_shard(self.paths[self.file_index], self.vocab_size), 0
-            piece = self.tokens[self.pos:self.pos + n]
-            pieces.append(piece)
-            self.pos += len(piece)
-            n -= len(piece)
+            pieces.append(self.tokens[self.pos:self.pos + n])
+            self.pos, n = self.pos + len(pieces[-1]), n - len(pieces[-1])
         return np.concatenate(pieces)
 
     def take_span(self, n: int) -> np.ndarray:
@@ -495,12 +493,11 @@ def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
 
 
 def causal_conv1d(x, weight, bias):
-    """Depthwise causal convolution then SiLU: x (b, l, d), weight (d, k), bias (d,). A sum of k shifted
-    products, which torch.compile fuses with its neighbours: no kernel package, no layout change."""
-    k, length = weight.size(1), x.size(1)
-    padded = F.pad(x, (0, 0, k - 1, 0))
-    weight = weight.to(x.dtype)
-    return F.silu(sum(padded[:, i:i + length] * weight[:, i] for i in range(k)) + bias.to(x.dtype))
+    """Depthwise causal convolution then SiLU: x (b, d, l), weight (d, k), bias (d,). A sum of k shifted
+    products, which torch.compile fuses with its neighbours: no kernel package."""
+    k, length = weight.size(1), x.size(-1)
+    padded, weight = F.pad(x, (k - 1, 0)), weight.to(x.dtype)
+    return F.silu(sum(padded[..., i:i + length] * weight[:, i, None] for i in range(k)) + bias.to(x.dtype)[:, None])
 
 
 def sliding_window_attention_reference(q, k, v, window: int):
@@ -593,7 +590,8 @@ mamba_scan_forward.register_autograd(_mamba_scan_grads, setup_context=_mamba_sca
 
 
 def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
-    u, delta, B, C, z = (t.contiguous() for t in (u, delta, B, C, z))  # the kernel reads rows of positions
+    # the kernel reads rows of positions (stride 1 along l); other strides are free: z, B, C may be slices
+    u, delta, B, C, z = (t if t.stride(-1) == 1 else t.contiguous() for t in (u, delta, B, C, z))
     return mamba_scan_forward(u, delta, A.float(), B, C, D.float(), z, delta_bias.float())[0]
 
 
@@ -723,19 +721,21 @@ class SmearGate(nn.Module):
         return x + g * (prev - x)
 
 
+def channel_major_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(out, in) @ (b, in, l) -> (b, out, l) in one batched matmul (torch.matmul would make it token-major, then transpose)."""
+    return torch.bmm(weight.to(x.dtype).expand(x.size(0), -1, -1), x)
+
+
 class HymbaMixer(nn.Module):
     def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
         dim, heads, kv_heads = hp.model_dim, hp.num_heads, hp.num_kv_heads
         self.kernels = kernels
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
-        self.inner = hp.hymba_expand * dim
-        self.state = hp.hymba_ssm_state
+        self.inner, self.state, self.kv_dim = hp.hymba_expand * dim, hp.hymba_ssm_state, kv_heads * self.head_dim
         self.dt_rank = hp.hymba_dt_rank or max(1, dim // 16)
-        kv_dim = kv_heads * self.head_dim
-        self.split_sizes = [kv_dim, kv_dim, self.inner, self.inner]
         self.q_proj = Linear(dim, dim, bias=False)
-        self.in_proj = Linear(dim, sum(self.split_sizes), bias=False)  # K, V, Mamba input, Mamba gate
+        self.in_proj = Linear(dim, 2 * self.kv_dim + 2 * self.inner, bias=False)  # K, V, Mamba input, Mamba gate
         self.q_gain = nn.Parameter(torch.full((heads,), hp.qk_gain_init))
         self.rotary = Rotary(self.head_dim, hp.rope_base)
         k = hp.hymba_conv_kernel
@@ -752,19 +752,20 @@ class HymbaMixer(nn.Module):
 
     def forward(self, x: torch.Tensor, window) -> torch.Tensor:
         b, t, _ = x.shape
-        k, v, xm, z = self.in_proj(x).split(self.split_sizes, dim=-1)
+        kv_weight, xz_weight = grid_weight(self.in_proj).split([2 * self.kv_dim, 2 * self.inner])
+        k, v = F.linear(x, kv_weight).view(b, t, 2 * self.kv_heads, self.head_dim).chunk(2, dim=2)
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
-        k, v = k.view(b, t, self.kv_heads, self.head_dim), v.reshape(b, t, self.kv_heads, self.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        q = (q * self.q_gain.to(q.dtype)[:, None]).to(v.dtype)  # the norms may run in fp32 under autocast
-        k = k.to(v.dtype)
+        q, k = (q * self.q_gain.to(q.dtype)[:, None]).to(v.dtype), k.to(v.dtype)  # the norms may run in fp32 under autocast
         attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), window).reshape(b, t, -1)
+        # The Mamba branch runs channel-major, (b, channels, t), the layout the scan reads (as mamba-ssm's
+        # mamba_inner_fn): its matmuls are W @ x, so no activation is transposed on the way in or out.
+        xm, z = channel_major_linear(xz_weight, x.mT).split(self.inner, dim=1)
         xm = causal_conv1d(xm, self.conv_weight, self.conv_bias)
-        dt, B, C = self.x_proj(xm).split([self.dt_rank, self.state, self.state], dim=-1)
-        delta = F.linear(dt, self.dt_proj.weight.to(dt.dtype))
-        y = self.kernels.scan(xm.transpose(1, 2), delta.transpose(1, 2), -torch.exp(self.A_log.float()),
-                              B.transpose(1, 2), C.transpose(1, 2), self.D, z.transpose(1, 2), self.dt_proj.bias)
-        mamba = self.mamba_out(y.transpose(1, 2))
+        dt, B, C = channel_major_linear(grid_weight(self.x_proj), xm).split([self.dt_rank, self.state, self.state], dim=1)
+        delta = channel_major_linear(self.dt_proj.weight, dt)
+        y = self.kernels.scan(xm, delta, -torch.exp(self.A_log.float()), B, C, self.D, z, self.dt_proj.bias)
+        mamba = channel_major_linear(grid_weight(self.mamba_out), y).mT
         share = torch.sigmoid(self.alpha).to(attn.dtype)
         return self.out_proj(share * attn + (1 - share) * mamba.to(attn.dtype))
 
@@ -1044,9 +1045,7 @@ def window_batches(windows: list, batch_seqs: int):
 
 
 def window_tensors(tokens: torch.Tensor, batch: list, device: torch.device):
-    x = torch.stack([tokens[s:s + n] for s, n, _ in batch]).to(device)
-    y = torch.stack([tokens[s + 1:s + n + 1] for s, n, _ in batch]).to(device)
-    return x, y
+    return tuple(torch.stack([tokens[s + i:s + n + i] for s, n, _ in batch]).to(device) for i in (0, 1))  # inputs, targets
 
 
 @torch.no_grad()

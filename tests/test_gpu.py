@@ -60,9 +60,30 @@ def test_mamba_ssm_scan_matches_reference():
 
 
 @cuda
+@needs("mamba_ssm")
+def test_mamba_ssm_scan_takes_slices():
+    """The model passes z, B and C as slices of wider tensors (positions contiguous): as good as contiguous copies."""
+    torch.manual_seed(0)
+    u, delta = torch.randn(B, INNER, T, device="cuda", dtype=torch.bfloat16), torch.randn(B, INNER, T, device="cuda") - 2
+    A, D, bias = -torch.rand(INNER, N, device="cuda") * 3, torch.ones(INNER, device="cuda"), torch.zeros(INNER, device="cuda")
+    results = []
+    for copy in (False, True):
+        xz, bc = (torch.randn(B, rows, T, device="cuda", dtype=torch.bfloat16, generator=torch.Generator("cuda").manual_seed(rows))
+                  .requires_grad_() for rows in (2 * INNER, 2 * N))
+        z, Bm, Cm = xz[:, INNER:], bc[:, :N], bc[:, N:]
+        if copy:
+            z, Bm, Cm = z.contiguous(), Bm.contiguous(), Cm.contiguous()
+        out = tg.selective_scan_mamba_ssm(u, delta.bfloat16(), A, Bm, Cm, D, z, bias)
+        results.append((out, *torch.autograd.grad(out.float().sin().sum(), [xz, bc])))
+    for name, sliced, copied in zip(("output", "gradient of xz", "gradient of B and C"), *results):
+        err = (sliced.float() - copied.float()).norm() / copied.float().norm()
+        assert err < 1e-3, f"{name}: relative error {err:.3g}"  # not 0: dB and dC are summed with atomics
+
+
+@cuda
 def test_compiled_causal_conv1d_matches_eager():
     torch.manual_seed(0)
-    inputs = dict(x=torch.randn(B, T, INNER, device="cuda", dtype=torch.bfloat16),
+    inputs = dict(x=torch.randn(B, INNER, T, device="cuda", dtype=torch.bfloat16),
                   weight=torch.randn(INNER, 4, device="cuda") * 0.5, bias=torch.randn(INNER, device="cuda") * 0.1)
     compare(torch.compile(tg.causal_conv1d), tg.causal_conv1d, inputs, "causal conv1d")
 

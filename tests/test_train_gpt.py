@@ -206,16 +206,16 @@ def test_model_traces_as_one_graph_with_the_scan_operator(monkeypatch):
 
 def test_causal_conv_is_causal_depthwise():
     torch.manual_seed(0)
-    x, w, bias = torch.randn(2, 10, 3, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
-    out = tg.causal_conv1d(x, w, bias)
-    dense = torch.nn.functional.conv1d(x.transpose(1, 2), w[:, None], bias, padding=3, groups=3)[..., :10]
-    torch.testing.assert_close(out, torch.nn.functional.silu(dense).transpose(1, 2), rtol=1e-12, atol=1e-12)
+    x, w, bias = torch.randn(2, 3, 10, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
+    out = tg.causal_conv1d(x, w, bias)  # channel-major: (batch, channels, length)
+    dense = torch.nn.functional.conv1d(x, w[:, None], bias, padding=3, groups=3)[..., :10]
+    torch.testing.assert_close(out, torch.nn.functional.silu(dense), rtol=1e-12, atol=1e-12)
     t, c = 6, 1
-    expected = sum(w[c, 3 - j] * x[1, t - j, c] for j in range(4)) + bias[c]
-    assert out[1, t, c].item() == pytest.approx(torch.nn.functional.silu(expected).item(), rel=1e-12)
+    expected = sum(w[c, 3 - j] * x[1, c, t - j] for j in range(4)) + bias[c]
+    assert out[1, c, t].item() == pytest.approx(torch.nn.functional.silu(expected).item(), rel=1e-12)
     x2 = x.clone()
-    x2[:, 7:] += 1.0
-    assert torch.equal(tg.causal_conv1d(x2, w, bias)[:, :7], out[:, :7])
+    x2[..., 7:] += 1.0
+    assert torch.equal(tg.causal_conv1d(x2, w, bias)[..., :7], out[..., :7])
 
 
 # --- artifact ----------------------------------------------------------------------------------------
