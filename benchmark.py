@@ -3,6 +3,7 @@
     python benchmark.py                 # the backends train_gpt.py would pick (env vars as for training)
     python benchmark.py --ablate        # then again with each fast backend switched off, one at a time
     python benchmark.py --profile       # and print the CUDA kernels that take the training step's time
+    python benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
 
 Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
 and Adam, EMA amortised over EMA_EVERY), the TTT step (forward, backward, AdamW on this GPU's share of
@@ -12,6 +13,7 @@ Communication between GPUs is not measured; the projections assume every GPU doe
 
 import argparse
 import dataclasses
+import functools
 import json
 import math
 import statistics
@@ -159,7 +161,12 @@ def main():
     parser.add_argument("--ablate", action="store_true", help="also time with each fast backend switched off")
     parser.add_argument("--profile", action="store_true", help="print where the first configuration's step goes")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--flex-options", help="JSON kernel_options for FlexAttention, to try options that "
+                        "measurements/flex_configs.py found (train_gpt.py passes none)")
     args = parser.parse_args()
+    if args.flex_options:
+        flex, options = tg.compiled_flex_attention(), json.loads(args.flex_options)
+        tg.compiled_flex_attention = lambda: functools.partial(flex, kernel_options=options)
     hp = tg.Hyperparameters.from_env()
     configs = [hp]
     if args.ablate:

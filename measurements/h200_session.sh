@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# One H200 lease, end to end, as run for the figures in README.md (2026-11-29, second session).
+# One H200 lease, end to end, as run for the figures in README.md (third session, 2026-11-29).
 #
 # Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
-# devtext_sp1024/, tokenizers/, and old_train_gpt.py (the script before this session, for the recipe A/B).
-#   bash measurements/h200_session.sh start    # detached: build, GPU tests, benchmark, training runs
+# devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
+# and prev_train_gpt.py (the script before this session's speed changes, for the benchmark A/B).
+#   bash measurements/h200_session.sh start    # detached: build, benchmarks, GPU tests, training runs
 #   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
-# Results gather in /tmp/res (one folder per run: its console output and log, no weights).
+# Order: mamba-ssm builds while FlexAttention's kernel options are timed (that needs no mamba-ssm); then the
+# benchmarks, alone on the GPU (this script, the previous one, this one with the best Flex options); then the
+# jobs below, four at a time. Results gather in /tmp/res (one folder per run: console output and log, no weights).
 # DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark, and those
-# settings appended to every run. ONLY="ab_* gpu_tests" runs only the jobs whose names match (and the benchmark
-# only if "benchmark" matches); a job that waits for another ("after:") needs that one in the list too.
+# settings appended to every run. ONLY="ab_* gpu_tests" runs only the jobs whose names match (and the benchmarks
+# or flex_configs only if those names match); a job that waits for another ("after:") needs that one in the list.
 set -u
 REPO=$(pwd)
 RES=/tmp/res
@@ -37,21 +40,37 @@ selected() { [ -z "${ONLY:-}" ] && return 0; for g in $ONLY; do case "$1" in $g)
 cp -r "$REPO/.gpu/devtext_sp1024" "$REPO/.gpu/tokenizers" /tmp/
 cp -r "$REPO" /tmp/repo && rm -rf /tmp/repo/.gpu  # runs read the script from here; the checkout may be laid anew
 cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
+mkdir -p /tmp/prev && cp "$REPO/.gpu/prev_train_gpt.py" /tmp/prev/train_gpt.py && cp /tmp/repo/benchmark.py /tmp/prev/
 cd /tmp/repo
 if [ -z "${DRY_EXTRA:-}" ]; then
 python3 -m pip install -q --no-index --no-deps "$REPO"/.gpu/gpu/zstandard-*.whl
-say "building mamba-ssm (sm_90 only; causal-conv1d is no longer used)"
+say "building mamba-ssm (sm_90 only), timing FlexAttention's options meanwhile"
 mkdir -p /tmp/build && tar xzf "$REPO"/.gpu/gpu/mamba_ssm-*.tar.gz -C /tmp/build --strip-components=1
 sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]+"\)/cc_flag.pop()/' /tmp/build/setup.py
 (cd /tmp/build && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=16 python3 -m pip install --no-build-isolation --no-deps --no-index . \
-  > "$RES/mamba_build.txt" 2>&1)
-say "mamba-ssm build exit $?: $(python3 -c 'import mamba_ssm; print(mamba_ssm.__version__)' 2>&1 | tail -1)"
+  > "$RES/mamba_build.txt" 2>&1; echo $? > "$RES/mamba_build_rc") &
+if selected flex_configs; then
+  python3 measurements/flex_configs.py --json "$RES/flex_configs.json" > "$RES/flex_configs.txt" 2>&1
+  say "flex_configs exit $?"; tail -n 2 "$RES/flex_configs.txt"
+fi
+wait
+say "mamba-ssm build exit $(cat "$RES/mamba_build_rc"): $(python3 -c 'import mamba_ssm; print(mamba_ssm.__version__)' 2>&1 | tail -1)"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$RES/nvidia_smi.txt"
 
 if selected benchmark; then
-say "benchmark (alone on the GPU)"
-python3 benchmark.py --warmup 3 --iters 10 --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
-say "benchmark exit $?"; tail -n 3 "$RES/benchmark.txt"
+BENCH="benchmark.py --warmup 3 --iters 10"
+say "benchmark: this script, with the kernel profile (alone on the GPU)"
+python3 $BENCH --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
+say "benchmark exit $?"; tail -n 1 "$RES/benchmark.txt"
+say "benchmark: the script before this session's speed changes"
+(cd /tmp/prev && python3 $BENCH --json "$RES/benchmark_prev.json" > "$RES/benchmark_prev.txt" 2>&1)
+say "benchmark_prev exit $?"; tail -n 1 "$RES/benchmark_prev.txt"
+if [ -f "$RES/flex_configs.json" ]; then
+  best=$(python3 -c "import json; print(json.dumps(json.load(open('$RES/flex_configs.json'))['best']))")
+  say "benchmark: this script with FlexAttention options $best"
+  python3 $BENCH --flex-options "$best" --json "$RES/benchmark_flex.json" > "$RES/benchmark_flex.txt" 2>&1
+  say "benchmark_flex exit $?"; tail -n 1 "$RES/benchmark_flex.txt"
+fi
 fi
 fi
 
@@ -59,18 +78,18 @@ COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_
 AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
 JOBS=(
   # name | command (run in /tmp/runs/NAME; python3 scripts given relative to the repository)
-  "proxy4000_qat|train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
-  "proxy4000_noqat|train_gpt.py ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
-  "proxy1000_qat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
-  "proxy1000_noqat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 QAT_START_FRAC=1 TTT_ENABLED=0"
+  "final1000_ttt|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
   "gpu_tests|pytest"
   "ab_new_seed1337|train_gpt.py $AB QAT_START_FRAC=1 SEED=1337"
   "ab_old_seed1337|/tmp/old_train_gpt.py $AB SEED=1337"
   "ab_new_seed42|train_gpt.py $AB QAT_START_FRAC=1 SEED=42"
   "ab_old_seed42|/tmp/old_train_gpt.py $AB SEED=42"
-  "export_variants|after:proxy4000_qat measurements/export_variants.py /tmp/runs/proxy4000_qat/final_model.pt TTT_ENABLED=0"
-  # not run in the second session; owed by the next: the final script end to end, TTT included (for train.log)
-  "final1000_ttt|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
+  "export_variants|after:final1000_ttt measurements/export_variants.py /tmp/runs/final1000_ttt/final_model.pt TTT_ENABLED=0"
+  # run in the second session (commit bd990b6), not in the third: the record-length proxies
+  "proxy4000_qat|train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
+  "proxy4000_noqat|train_gpt.py ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
+  "proxy1000_qat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
+  "proxy1000_noqat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 QAT_START_FRAC=1 TTT_ENABLED=0"
 )
 for job in "${JOBS[@]}"; do
   IFS='|' read -r name command <<< "$job"
