@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import glob
 import io
+import itertools
 import json
 import math
 import os
@@ -260,9 +261,9 @@ def autocast(device: torch.device):
 # Muon optimizer
 #
 # Muon replaces each 2-D weight's momentum update by the nearest semi-orthogonal matrix, found with a
-# few Newton-Schulz iterations in bf16. Matrices of one shape are stacked and orthogonalised in one
-# batched call; each rank takes every world_size-th matrix of each shape, and one all-reduce of the
-# flattened updates gives every rank all of them.
+# few Newton-Schulz iterations in bf16. Matrices of one shape are stacked and orthogonalised together,
+# in one function that torch.compile turns into a few kernels rather than dozens of launches. Each rank
+# takes every world_size-th matrix of each shape; one all-reduce of the flattened updates shares them.
 # -----------------------------------------------------------------------------
 
 
@@ -273,47 +274,52 @@ def newton_schulz_orthogonalize(grad: torch.Tensor, steps: int) -> torch.Tensor:
     x = grad.bfloat16()
     x = x / (x.norm(dim=(-2, -1), keepdim=True) + 1e-7)
     transposed = x.size(-2) > x.size(-1)
-    if transposed:
-        x = x.mT
+    x = x.mT if transposed else x
     for _ in range(steps):
         gram = x @ x.mT
         x = a * x + (b * gram + c * gram @ gram) @ x
     return x.mT if transposed else x
 
 
+def muon_direction(grads: list, bufs: list, momentum: torch.Tensor, steps: int) -> torch.Tensor:
+    """The updates of same-shape matrices: Nesterov momentum (the buffers updated in place), orthogonalised."""
+    torch._foreach_mul_(bufs, momentum)
+    torch._foreach_add_(bufs, grads)
+    rows, cols = grads[0].shape
+    nesterov = torch.stack(grads) + momentum * torch.stack(bufs)
+    return newton_schulz_orthogonalize(nesterov, steps) * max(1, rows / cols) ** 0.5  # the same RMS for tall matrices
+
+
 class Muon(torch.optim.Optimizer):
-    def __init__(self, params, lr: float, momentum: float, backend_steps: int, weight_decay: float, rank: int = 0,
-                 world_size: int = 1, orthogonalize=newton_schulz_orthogonalize):
-        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
-        self.rank, self.world_size, self.orthogonalize = rank, world_size, orthogonalize
+    def __init__(self, params: list, lr: float, momentum: float, backend_steps: int, weight_decay: float, rank: int = 0,
+                 world_size: int = 1, direction=muon_direction):
+        by_shape: dict[tuple, list] = {}
+        for p in params:
+            by_shape.setdefault(tuple(p.shape), []).append(p)
+        # (rank, its matrices of one shape), in the order of the flat buffer: a rank writes its share in one copy
+        self.slabs = [(r, same[r::world_size]) for same in by_shape.values() for r in range(world_size) if same[r::world_size]]
+        super().__init__([p for _, share in self.slabs for p in share],
+                         dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
+        self.rank, self.world_size, self.direction = rank, world_size, direction
+        self.momentum = torch.zeros((), device=params[0].device)  # a tensor: a new value recompiles nothing
 
     @torch.no_grad()
     def step(self):
-        for group in self.param_groups:
-            params, momentum = group["params"], group["momentum"]
-            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
-            slices = flat.split([p.numel() for p in params])
-            by_shape: dict[tuple, list[int]] = {}
-            for i, p in enumerate(params):
-                by_shape.setdefault(tuple(p.shape), []).append(i)
-            for shape, indices in by_shape.items():
-                mine = indices[self.rank::self.world_size]
-                if not mine:
-                    continue
-                grads = [params[i].grad for i in mine]
-                bufs = [self.state[params[i]].setdefault("momentum_buffer", torch.zeros_like(params[i])) for i in mine]
-                torch._foreach_mul_(bufs, momentum)
-                torch._foreach_add_(bufs, grads)
-                nesterov = torch._foreach_add(grads, bufs, alpha=momentum)
-                updates = self.orthogonalize(torch.stack(nesterov), group["backend_steps"])
-                updates = updates * max(1.0, shape[0] / shape[1]) ** 0.5  # same RMS for tall matrices
-                for i, update in zip(mine, updates):
-                    slices[i].copy_(update.flatten())
-            if self.world_size > 1:
-                dist.all_reduce(flat)
-            updates = [u.view_as(p) for u, p in zip(flat.float().split([p.numel() for p in params]), params)]
-            torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])  # decoupled weight decay
-            torch._foreach_add_(params, updates, alpha=-group["lr"])
+        group = self.param_groups[0]
+        params, momentum = group["params"], self.momentum.fill_(group["momentum"])
+        flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+        offset = 0
+        for owner, share in self.slabs:
+            size = sum(p.numel() for p in share)
+            if owner == self.rank:
+                bufs = [self.state[p].setdefault("momentum_buffer", torch.zeros_like(p)) for p in share]
+                flat[offset:offset + size] = self.direction([p.grad for p in share], bufs, momentum, group["backend_steps"]).flatten()
+            offset += size
+        if self.world_size > 1:
+            dist.all_reduce(flat)
+        updates = [u.view_as(p) for u, p in zip(flat.float().split([p.numel() for p in params]), params)]
+        torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+        torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
 # -----------------------------------------------------------------------------
@@ -1034,14 +1040,9 @@ def make_windows(first_target: int, end_target: int, seq_len: int, stride: int) 
 
 def window_batches(windows: list, batch_seqs: int):
     """Consecutive windows of equal length, at most batch_seqs at a time (one forward each)."""
-    batch = []
-    for w in windows:
-        if batch and (len(batch) == batch_seqs or w[1] != batch[0][1]):
-            yield batch
-            batch = []
-        batch.append(w)
-    if batch:
-        yield batch
+    for _, same in itertools.groupby(windows, key=lambda w: w[1]):
+        same = list(same)
+        yield from (same[i:i + batch_seqs] for i in range(0, len(same), batch_seqs))
 
 
 def window_tensors(tokens: torch.Tensor, batch: list, device: torch.device):
@@ -1201,11 +1202,9 @@ def build_optimizers(hp: Hyperparameters, model: HymbaGPT, run: Run) -> list[tor
         adam_groups.append(dict(params=head, lr=hp.head_lr))
     adam = torch.optim.Adam(adam_groups, betas=(hp.adam_beta1, hp.adam_beta2), eps=hp.adam_eps,
                             fused=run.device.type == "cuda")
-    orthogonalize = newton_schulz_orthogonalize
-    if hp.compile and run.device.type == "cuda":
-        orthogonalize = torch.compile(newton_schulz_orthogonalize)
+    direction = torch.compile(muon_direction, dynamic=False) if hp.compile and run.device.type == "cuda" else muon_direction
     muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_backend_steps, hp.weight_decay, run.rank,
-                run.world_size, orthogonalize)
+                run.world_size, direction)
     for opt in (adam, muon):
         for group in opt.param_groups:
             group["base_lr"] = group["lr"]
