@@ -4,6 +4,7 @@
     python benchmark.py --ablate        # then again with each fast backend switched off, one at a time
     python benchmark.py --profile       # and print the CUDA kernels that take the training step's time
     python benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
+    python benchmark.py --compile-mode reduce-overhead          # the model compiled in another mode (CUDA graphs)
 
 Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
 and Adam, EMA amortised over EMA_EVERY), the TTT step (forward, backward, AdamW on this GPU's share of
@@ -95,7 +96,7 @@ def profile_train_step(train_step, steps: int = 3) -> str:
     return "\n".join(lines)
 
 
-def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False) -> dict:
+def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False, train_only: bool = False) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
     kernels = tg.select_kernels(hp, device)
@@ -122,6 +123,14 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
     if profile:
         print(profile_train_step(train_step), flush=True)
     ema_ms = median_ms(lambda: ema.update(model, 1), 2, 5) / max(hp.ema_every, 1)
+    tokens = seqs * hp.train_seq_len
+    step_ms = train_ms + ema_ms
+    result = dict(backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
+                  tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
+                  mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
+                  projected_steps_600s=int(600_000 / step_ms), ttt_step_ms=None, score_ms=None, projected_ttt_eval_s=None)
+    if train_only:
+        return result
 
     ttt_opt = torch.optim.AdamW(model.parameters(), lr=hp.ttt_lr, betas=(0.9, 0.999), weight_decay=0.01)
 
@@ -141,16 +150,10 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
 
     score_ms = median_ms(score, warmup, iters)
 
-    tokens = seqs * hp.train_seq_len
-    step_ms = train_ms + ema_ms
     chunks = math.ceil((FINEWEB_VAL_TOKENS - 1) / hp.ttt_chunk_tokens)
     per_gpu_chunk_scale = hp.ttt_chunk_tokens / RECORD_GPUS / tokens  # this GPU's share of a chunk, in benchmark batches
     ttt_eval_s = chunks * per_gpu_chunk_scale * (score_ms + hp.ttt_epochs * ttt_ms) / 1000
-    return dict(backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
-                tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
-                mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
-                ttt_step_ms=round(ttt_ms, 2), score_ms=round(score_ms, 2),
-                projected_steps_600s=int(600_000 / step_ms), projected_ttt_eval_s=round(ttt_eval_s, 1))
+    return dict(result, ttt_step_ms=round(ttt_ms, 2), score_ms=round(score_ms, 2), projected_ttt_eval_s=round(ttt_eval_s, 1))
 
 
 def main():
@@ -161,12 +164,20 @@ def main():
     parser.add_argument("--ablate", action="store_true", help="also time with each fast backend switched off")
     parser.add_argument("--profile", action="store_true", help="print where the first configuration's step goes")
     parser.add_argument("--json", help="write the results here too")
+    parser.add_argument("--train-only", action="store_true", help="time the training step only (no TTT step, no scoring)")
+    parser.add_argument("--compile-mode", help="torch.compile's mode for the model, e.g. reduce-overhead (CUDA graphs); "
+                        "train_gpt.py uses the default")
     parser.add_argument("--flex-options", help="JSON kernel_options for FlexAttention, to try options that "
                         "measurements/flex_configs.py found (train_gpt.py passes none)")
     args = parser.parse_args()
     if args.flex_options:
         flex, options = tg.compiled_flex_attention(), json.loads(args.flex_options)
         tg.compiled_flex_attention = lambda: functools.partial(flex, kernel_options=options)
+    if args.compile_mode:
+        def compile_in_mode(module, hp, device):
+            torch._dynamo.config.cache_size_limit = 64  # as train_gpt.maybe_compile
+            return torch.compile(module, dynamic=False, mode=args.compile_mode) if hp.compile else module
+        tg.maybe_compile = compile_in_mode
     hp = tg.Hyperparameters.from_env()
     configs = [hp]
     if args.ablate:
@@ -178,7 +189,7 @@ def main():
             configs.append(dataclasses.replace(hp, compile=False))
     rows = []
     for i, config in enumerate(configs):
-        result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0)
+        result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0, args.train_only)
         rows.append(result)
         print(json.dumps(result), flush=True)
         if args.json:  # after every configuration, so that a run cut short keeps what it measured
@@ -186,7 +197,9 @@ def main():
                 json.dump(rows, f, indent=2)
         torch._dynamo.reset()
         torch.cuda.empty_cache()
-    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.seqs}x{hp.train_seq_len} tokens per step")
+    print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.seqs}x{hp.train_seq_len} tokens per step"
+          + (f", FlexAttention kernel_options {args.flex_options}" if args.flex_options else "")
+          + (f", compile mode {args.compile_mode}" if args.compile_mode else ""))
     header = ("| scan | attn | compile | first step s | train step ms | tokens/s | peak GiB | MFU | TTT step ms | "
               "score ms | steps in 600 s | TTT eval s (8 GPUs) |")
     print(header)

@@ -3,11 +3,11 @@
 #
 # Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
 # devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
-# and prev_train_gpt.py (the script before this session's speed changes, for the benchmark A/B).
+# and variants/NAME.py (earlier versions of train_gpt.py, whose training step is benchmarked as benchmark_NAME).
 #   bash measurements/h200_session.sh start    # detached: build, benchmarks, GPU tests, training runs
 #   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
 # Order: mamba-ssm builds while FlexAttention's kernel options are timed (that needs no mamba-ssm); then the
-# benchmarks, alone on the GPU (this script, the previous one, this one with the best Flex options); then the
+# benchmarks, alone on the GPU (this script, each variant, this one with the best Flex options); then the
 # jobs below, four at a time. Results gather in /tmp/res (one folder per run: console output and log, no weights).
 # DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark, and those
 # settings appended to every run. ONLY="ab_* gpu_tests" runs only the jobs whose names match (and the benchmarks
@@ -40,7 +40,10 @@ selected() { [ -z "${ONLY:-}" ] && return 0; for g in $ONLY; do case "$1" in $g)
 cp -r "$REPO/.gpu/devtext_sp1024" "$REPO/.gpu/tokenizers" /tmp/
 cp -r "$REPO" /tmp/repo && rm -rf /tmp/repo/.gpu  # runs read the script from here; the checkout may be laid anew
 cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
-mkdir -p /tmp/prev && cp "$REPO/.gpu/prev_train_gpt.py" /tmp/prev/train_gpt.py && cp /tmp/repo/benchmark.py /tmp/prev/
+for script in "$REPO"/.gpu/variants/*.py; do  # earlier versions of train_gpt.py, benchmarked beside this one
+  mkdir -p "/tmp/variants/$(basename "$script" .py)" && cp "$script" "/tmp/variants/$(basename "$script" .py)/train_gpt.py"
+  cp /tmp/repo/benchmark.py "/tmp/variants/$(basename "$script" .py)/"
+done
 cd /tmp/repo
 if [ -z "${DRY_EXTRA:-}" ]; then
 python3 -m pip install -q --no-index --no-deps "$REPO"/.gpu/gpu/zstandard-*.whl
@@ -62,15 +65,21 @@ BENCH="benchmark.py --warmup 3 --iters 10"
 say "benchmark: this script, with the kernel profile (alone on the GPU)"
 python3 $BENCH --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
 say "benchmark exit $?"; tail -n 1 "$RES/benchmark.txt"
-say "benchmark: the script before this session's speed changes"
-(cd /tmp/prev && python3 $BENCH --json "$RES/benchmark_prev.json" > "$RES/benchmark_prev.txt" 2>&1)
-say "benchmark_prev exit $?"; tail -n 1 "$RES/benchmark_prev.txt"
+for variant in /tmp/variants/*; do  # the step of each earlier script: each change's own gain
+  name=$(basename "$variant")
+  say "benchmark_$name (training step only)"
+  (cd "$variant" && python3 $BENCH --train-only --json "$RES/benchmark_$name.json" > "$RES/benchmark_$name.txt" 2>&1)
+  say "benchmark_$name exit $?"; tail -n 1 "$RES/benchmark_$name.txt"
+done
 if [ -f "$RES/flex_configs.json" ]; then
   best=$(python3 -c "import json; print(json.dumps(json.load(open('$RES/flex_configs.json'))['best']))")
-  say "benchmark: this script with FlexAttention options $best"
-  python3 $BENCH --flex-options "$best" --json "$RES/benchmark_flex.json" > "$RES/benchmark_flex.txt" 2>&1
+  say "benchmark: this script with FlexAttention options $best (training step only)"
+  python3 $BENCH --train-only --flex-options "$best" --json "$RES/benchmark_flex.json" > "$RES/benchmark_flex.txt" 2>&1
   say "benchmark_flex exit $?"; tail -n 1 "$RES/benchmark_flex.txt"
 fi
+say "benchmark: this script, the model compiled with CUDA graphs (reduce-overhead; training step only)"
+python3 $BENCH --train-only --compile-mode reduce-overhead --json "$RES/benchmark_cudagraphs.json" > "$RES/benchmark_cudagraphs.txt" 2>&1
+say "benchmark_cudagraphs exit $?"; tail -n 1 "$RES/benchmark_cudagraphs.txt"
 fi
 fi
 
