@@ -32,6 +32,11 @@ def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
 # --- the whole script ------------------------------------------------------------------------------
 
 
+def test_script_within_the_challenge_line_cap():
+    """The challenge caps a submission's train_gpt.py at 1,500 lines."""
+    assert len((ROOT / "train_gpt.py").read_text(encoding="utf-8").splitlines()) <= 1500
+
+
 def test_script_runs_end_to_end(tiny_run):
     cwd, result = tiny_run
     assert result.returncode == 0, result.stderr[-3000:]
