@@ -188,13 +188,9 @@ class Run:
     summary_path: Path | None = None
     last_line: float = dataclasses.field(default_factory=time.perf_counter)
 
-    @property
-    def is_master(self) -> bool:
-        return self.rank == 0
-
     def log(self, message: str, console: bool = True) -> None:
         self.last_line = time.perf_counter()
-        if not self.is_master:
+        if self.rank != 0:
             return
         if console:
             print(message, flush=True)
@@ -994,7 +990,7 @@ def code_bytes() -> int:
 def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str, raw: dict, raw_path: str) -> dict:
     """Rank 0 writes `raw` with torch.save (first, as it is quick), then `weights` compressed; every rank waits."""
     sizes, t0 = {}, time.perf_counter()
-    if run.is_master:
+    if run.rank == 0:
         torch.save(raw, raw_path)
         run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd {hp.zstd_level}: a minute at the record's size)")
         blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes(),
@@ -1090,10 +1086,10 @@ def evaluate_bpb(model, data: Data, hp: Hyperparameters, run: Run) -> tuple[floa
 # -----------------------------------------------------------------------------
 
 
-def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: Hyperparameters, run: Run) -> None:
-    """One optimizer step per epoch on the mean loss over the chunk's targets (same for any rank count)."""
+def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: Hyperparameters, run: Run) -> bool:
+    """One optimizer step per epoch on the mean loss over the chunk's targets; False, the chunk's training undone, on overflow."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    chunk_tokens = sum(n - f for _, n, f in windows)
+    chunk_tokens, before = sum(n - f for _, n, f in windows), [p.detach().clone() for p in params]
     for epoch in range(hp.ttt_epochs):
         run.progress(f"ttt: training from token {windows[0][0]}, epoch {epoch + 1}/{hp.ttt_epochs}")
         for batch in window_batches(windows[run.rank::run.world_size], hp.ttt_batch_seqs):
@@ -1103,19 +1099,23 @@ def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: H
             loss = sum(loss[row, f:].sum() for row, (_, _, f) in enumerate(batch)) / chunk_tokens
             loss.backward()
         if run.world_size > 1:  # one all-reduce of all gradients, not one per tensor
-            grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-            summed = run.all_reduce(torch.cat([g.flatten() for g in grads]))
+            summed = run.all_reduce(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params]))
             for p, g in zip(params, summed.split([p.numel() for p in params])):
                 p.grad = g.view_as(p)
+        if not torch.stack([p.grad.isfinite().all() for p in params if p.grad is not None]).all():  # same on every rank
+            torch._foreach_copy_([p.data for p in params], before)
+            run.log(f"ttt: a gradient overflowed at token {windows[0][0]}, epoch {epoch + 1}: chunk undone, adaptation stopped")
+            return False
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+    return True
 
 
 def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_start: float) -> tuple[float, float]:
     n = len(data.val_tokens)
     chunk_starts = list(range(1, n, hp.ttt_chunk_tokens))
-    frozen = {f"blocks.{i}." for i in range(hp.ttt_freeze_blocks)}
-    params = [p for name, p in model.named_parameters() if not any(name.startswith(f) for f in frozen)]
+    frozen = tuple(f"blocks.{i}." for i in range(hp.ttt_freeze_blocks))  # names as in the model; compiled ones gain a prefix:
+    params = [p for name, p in model.named_parameters() if not name.removeprefix("_orig_mod.").startswith(frozen)]
     optimizer = torch.optim.AdamW(params, lr=hp.ttt_lr, betas=(0.9, 0.999), weight_decay=0.01)  # as PR #599's TTT
     totals = torch.zeros(3, dtype=torch.float64, device=run.device)
     adapting, score_seconds = True, 0.0
@@ -1141,7 +1141,7 @@ def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_sta
             for group in optimizer.param_groups:  # cosine decay across chunks
                 group["lr"] = hp.ttt_lr * 0.5 * (1 + math.cos(math.pi * index / max(len(chunk_starts) - 1, 1)))
             ttt_windows = make_windows(first, min(first + hp.ttt_chunk_tokens, n), hp.train_seq_len, 0)
-            ttt_train_chunk(model, data.val_tokens, ttt_windows, optimizer, hp, run)
+            adapting = ttt_train_chunk(model, data.val_tokens, ttt_windows, optimizer, hp, run)
     return bpb_from_totals(run.all_reduce(totals))
 
 
@@ -1185,8 +1185,8 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT
 # -----------------------------------------------------------------------------
 # Training
 #
-# Muon for the 2-D weights of the blocks' linear layers (and the bigram projection); Adam for the
-# embedding, the head, the bigram table and every scalar or control tensor. The learning rate is
+# Muon for the 2-D weights of the blocks' linear layers (and the bigram projection); Adam for the two
+# embedding tables (token, bigram), the head and every scalar or control tensor. The learning rate is
 # constant, then decays over the last WARMDOWN_ITERS steps, placed by measured wall-clock so that it
 # reaches zero as the time runs out. An EMA of the weights is what gets exported.
 # -----------------------------------------------------------------------------
@@ -1194,7 +1194,7 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT
 
 def build_optimizers(hp: Hyperparameters, model: HymbaGPT, run: Run) -> list[torch.optim.Optimizer]:
     linear_weights = {id(m.weight) for name, m in model.named_modules() if isinstance(m, nn.Linear) and m is not model.lm_head}
-    embeddings = [model.tok_emb.weight]  # the bigram table goes with the scalars, as in PR #599
+    embeddings = [p for name, p in model.named_parameters() if name in ("tok_emb.weight", "bigram.table.weight")]  # README: #599
     matrices = [p for p in model.parameters() if id(p) in linear_weights]
     head = [model.lm_head.weight] if model.lm_head is not None else []
     taken = {id(p) for p in matrices + embeddings + head}
@@ -1275,9 +1275,8 @@ class RunStopped(Exception):
 
 
 class StopSignal:
-    """SIGTERM or SIGINT stops the run at once (`stopped: ...`, what is `saved`, exit code 0), or while `saved` is None
-    (training, until the weights are on disk) at the end of the step. Repeats are ignored: after Ctrl-C, torchrun sends every worker
-    the signal again, then SIGKILL 30 s later (so the raw weights, quick to write, are saved first)."""
+    """SIGTERM or SIGINT stops the run at once (`stopped: ...`, what is `saved`, exit code 0), or while `saved` is None (training, until
+    the weights are on disk) at the step's end. Repeats are ignored (torchrun repeats Ctrl-C, then SIGKILLs 30 s later)."""
     name, saved = "", "before training: nothing to save"
 
     def handle(self, signum=None, _frame=None) -> None:
@@ -1487,7 +1486,7 @@ def main() -> int:
         results["stopped"] = f"{stop.label}: {stop}"
         return stop.exit_code
     finally:
-        if "bytes_total" in results and run.is_master:  # an artifact was written or read: keep what is final so far
+        if "bytes_total" in results and run.rank == 0:  # an artifact was written or read: keep what is final so far
             write_submission(hp, run, kernels, results)
         if "stopped" in results:  # one line on stderr, and the log ends with it too
             print(results["stopped"], file=sys.stderr, flush=True)
