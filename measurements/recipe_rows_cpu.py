@@ -2,14 +2,15 @@
 
     OLD_ROWS=bigram,dt SEED=1337 <settings> python measurements/recipe_rows_cpu.py
 
-OLD_ROWS (comma-separated) undoes these rows of PR #599's recipe for this run only:
-  ortho   linear weights keep PyTorch's default initialisation instead of orthogonal
-  scales  the blocks' mixer and MLP output scales start at 1 instead of 1/sqrt(layer + 1)
-  dt      dt_proj's bias gives Mamba's log-uniform step sizes in [0.001, 0.1] instead of PyTorch's default
-  smear   SmearGate starts at sigmoid(-2), about 12%, instead of sigmoid(-3)
-  bigram  the BigramHash table trains with the embedding (EMBED_LR) instead of the scalars (SCALAR_LR)
+OLD_ROWS (comma-separated) switches these rows to their other choice for this run only:
+  ortho   linear weights keep PyTorch's default initialisation instead of orthogonal (PR #599's)
+  scales  the blocks' mixer and MLP output scales start at 1 instead of 1/sqrt(layer + 1) (PR #599's)
+  dt      dt_proj's bias gives Mamba's log-uniform step sizes in [0.001, 0.1] instead of PyTorch's default (PR #599's)
+  smear   SmearGate starts at sigmoid(-2), about 12%, instead of sigmoid(-3) (PR #599's)
+  bigram  the BigramHash table moves to the other Adam group: to the embedding's (EMBED_LR) from the scalars'
+          (SCALAR_LR, PR #599's), where train_gpt.py had it when this was measured (890f2c5), or back
 Everything else is train_gpt.py as it stands (its settings from the environment, as for training). The
-bf16 embedding tables of the GPU path cannot be undone here: the CPU path is fp32 throughout.
+bf16 embedding tables of the GPU path cannot be switched here: the CPU path is fp32 throughout.
 """
 import math
 import os
@@ -47,9 +48,10 @@ def build(hp, kernels, device):
 def optimizers(hp, model, run):
     opts = build_optimizers(hp, model, run)
     if "bigram" in ROWS and model.bigram is not None:
-        adam, table = opts[0], model.bigram.table.weight  # groups: embeddings, scalars[, head]
-        adam.param_groups[1]["params"] = [p for p in adam.param_groups[1]["params"] if p is not table]
-        adam.param_groups[0]["params"].append(table)
+        groups, table = opts[0].param_groups, model.bigram.table.weight  # Adam's groups: embeddings, scalars[, head]
+        source = 0 if any(p is table for p in groups[0]["params"]) else 1
+        groups[source]["params"] = [p for p in groups[source]["params"] if p is not table]
+        groups[1 - source]["params"].append(table)
     return opts
 
 
