@@ -1077,12 +1077,12 @@ def evaluate_bpb(model, data: Data, hp: Hyperparameters, run: Run) -> tuple[floa
 
 
 # -----------------------------------------------------------------------------
-# Score-first test-time training (TTT)
+# Score-first test-time training (TTT), as the parameter-golf records do it within the challenge's rules
 #
 # The validation stream is cut into chunks. Each chunk is first scored with the current weights, and
 # that score is final; only then does the model train on the chunk (TTT_EPOCHS full-chunk AdamW steps,
 # gradients averaged over ranks), so no token is ever scored by weights that trained on it. Once the
-# evaluation budget would be overrun, adaptation stops and the remaining chunks are only scored.
+# evaluation budget would be overrun, or a gradient overflows, adaptation stops; the rest is only scored.
 # -----------------------------------------------------------------------------
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One H200 lease, end to end, as run for the figures in README.md (third session, 2026-11-29).
+# One H200 lease, end to end, as run for the figures in README.md (third session, 2026-11-29; the ttt_lr* jobs are new since).
 #
 # Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
 # devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
@@ -94,6 +94,9 @@ JOBS=(
   "ab_new_seed42|train_gpt.py $AB QAT_START_FRAC=1 SEED=42"
   "ab_old_seed42|/tmp/old_train_gpt.py $AB SEED=42"
   "export_variants|after:final1000_ttt measurements/export_variants.py /tmp/runs/final1000_ttt/final_model.pt TTT_ENABLED=0"
+  # owed by the next session: TTT's learning rate at this scale, on the end-to-end run's artifact (its own TTT: the default)
+  "ttt_lr0.0005|after:final1000_ttt train_gpt.py EVAL_ONLY=1 ARTIFACT=/tmp/runs/final1000_ttt/final_model.int8.ptz TTT_LR=0.0005"
+  "ttt_lr0.002|after:final1000_ttt train_gpt.py EVAL_ONLY=1 ARTIFACT=/tmp/runs/final1000_ttt/final_model.int8.ptz TTT_LR=0.002"
   # run in the second session (commit bd990b6), not in the third: the record-length proxies
   "proxy4000_qat|train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
   "proxy4000_noqat|train_gpt.py ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
