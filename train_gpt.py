@@ -312,7 +312,7 @@ class Muon(torch.optim.Optimizer):
         if self.world_size > 1:
             dist.all_reduce(flat)
         updates = [u.view_as(p) for u, p in zip(flat.float().split([p.numel() for p in params]), params)]
-        torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])
+        torch._foreach_mul_(params, 1.0 - group["lr"] * group["weight_decay"])  # decoupled weight decay
         torch._foreach_add_(params, updates, alpha=-group["lr"])
 
 
@@ -766,7 +766,7 @@ class HymbaMixer(nn.Module):
         xm, z = channel_major_linear(xz_weight, x.mT).split(self.inner, dim=1)
         xm = causal_conv1d(xm, self.conv_weight, self.conv_bias)
         dt, B, C = channel_major_linear(grid_weight(self.x_proj), xm).split([self.dt_rank, self.state, self.state], dim=1)
-        delta = channel_major_linear(self.dt_proj.weight, dt)
+        delta = channel_major_linear(grid_weight(self.dt_proj), dt)  # its bias is the scan's delta_bias
         y = self.kernels.scan(xm, delta, -torch.exp(self.A_log.float()), B, C, self.D, z, self.dt_proj.bias)
         mamba = channel_major_linear(grid_weight(self.mamba_out), y).mT
         share = torch.sigmoid(self.alpha).to(attn.dtype)
@@ -1114,7 +1114,7 @@ def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: H
 def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_start: float) -> tuple[float, float]:
     n = len(data.val_tokens)
     chunk_starts = list(range(1, n, hp.ttt_chunk_tokens))
-    frozen = tuple(f"blocks.{i}." for i in range(hp.ttt_freeze_blocks))  # names as in the model; compiled ones gain a prefix:
+    frozen = tuple(f"blocks.{i}." for i in range(hp.ttt_freeze_blocks))  # by name (a compiled model's gain a prefix)
     params = [p for name, p in model.named_parameters() if not name.removeprefix("_orig_mod.").startswith(frozen)]
     optimizer = torch.optim.AdamW(params, lr=hp.ttt_lr, betas=(0.9, 0.999), weight_decay=0.01)  # as PR #599's TTT
     totals = torch.zeros(3, dtype=torch.float64, device=run.device)
