@@ -10,7 +10,6 @@ Times are per layer (the model runs 8); medians of CUDA-event timings after warm
 """
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import train_gpt as tg  # noqa: E402  (the block mask, exactly as training makes it)
+from benchmark import median_ms  # noqa: E402
 
 BATCH, HEADS, KV_HEADS, LENGTH, HEAD_DIM, WINDOW = 2, 8, 4, 32768, 64, 1024
 
@@ -28,20 +28,6 @@ BACKWARD = [dict(bwd_BLOCK_M1=m1, bwd_BLOCK_N1=n1, bwd_BLOCK_M2=m2, bwd_BLOCK_N2
             for m1, n1, m2, n2, s, w in [(64, 64, 64, 64, 3, 4), (32, 64, 64, 32, 3, 4), (64, 128, 128, 64, 2, 8),
                                          (32, 128, 128, 32, 3, 4), (64, 128, 128, 64, 3, 4), (64, 64, 64, 64, 2, 8)]]
 BACKWARD.append({"bwd_USE_TMA": True})
-
-
-def median_ms(fn, warmup=3, iters=10) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def time_options(options: dict, q, k, v, mask) -> dict:
@@ -60,7 +46,7 @@ def time_options(options: dict, q, k, v, mask) -> dict:
     forward_backward()
     torch.cuda.synchronize()
     compile_s = time.perf_counter() - t0
-    fwd, both = median_ms(forward), median_ms(forward_backward)
+    fwd, both = median_ms(forward, 3, 10), median_ms(forward_backward, 3, 10)
     return dict(options=options, forward_ms=round(fwd, 3), backward_ms=round(both - fwd, 3), compile_s=round(compile_s, 1))
 
 
