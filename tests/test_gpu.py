@@ -89,6 +89,16 @@ def test_compiled_causal_conv1d_matches_eager():
 
 
 @cuda
+def test_embedding_tables_are_bf16_on_the_gpu():
+    """As the record: the embedding tables in bf16 (so the residual stream runs in bf16), every other tensor fp32."""
+    hp = tg.Hyperparameters(num_layers=2)
+    model = tg.build_model(hp, tg.select_kernels(hp, torch.device("cuda")), torch.device("cuda"))
+    dtypes = {name: p.dtype for name, p in model.named_parameters()}
+    assert dtypes.pop("tok_emb.weight") == dtypes.pop("bigram.table.weight") == torch.bfloat16
+    assert set(dtypes.values()) == {torch.float32}
+
+
+@cuda
 def test_compiled_qat_weights_match_the_artifact():
     """On the GPU and compiled, the forward's grid weights are what the export gives back (bit for bit)."""
     torch.manual_seed(0)

@@ -479,6 +479,18 @@ def test_ttt_undoes_a_chunk_whose_gradient_overflows(tokenizer_path):
     assert bpb == pytest.approx(tg.evaluate_bpb(model, data, hp, run)[1], rel=1e-9)  # every chunk scored unadapted
 
 
+def test_ttt_optimizer_is_pr599s_adamw_at_ttt_lr(tokenizer_path, monkeypatch):
+    """TTT's AdamW: betas (0.9, 0.999) and weight decay 0.01 as PR #599, the learning rate TTT_LR (0.0002 by default)."""
+    made = []
+    adamw = torch.optim.AdamW
+    monkeypatch.setattr(torch.optim, "AdamW", lambda params, **kw: made.append(kw) or adamw(params, **kw))
+    hp = tiny_hp(TTT_CHUNK_TOKENS=128, TTT_EPOCHS=1, TRAIN_SEQ_LEN=64, EVAL_TIME_BUDGET=1e9)
+    tg.evaluate_with_ttt(tg.HymbaGPT(hp, reference_kernels()), tiny_data(tokenizer_path), hp,
+                         tg.Run(0, 1, torch.device("cpu"), None), time.perf_counter())
+    assert made == [dict(lr=hp.ttt_lr, betas=(0.9, 0.999), weight_decay=0.01)]
+    assert tg.Hyperparameters().ttt_lr == 0.0002
+
+
 def test_ttt_stops_adapting_when_the_budget_is_spent(tokenizer_path, monkeypatch):
     hp = tiny_hp(TTT_CHUNK_TOKENS=128, TTT_EPOCHS=1, TRAIN_SEQ_LEN=64, EVAL_TIME_BUDGET=0)
     model = tg.HymbaGPT(hp, reference_kernels())
