@@ -40,6 +40,7 @@ import zstandard
 from torch.nn.parallel import DistributedDataParallel
 
 ARTIFACT_LIMIT_BYTES = 16_000_000
+CODE_BYTES = len(Path(__file__).read_bytes())  # this script's bytes count toward the limit too
 
 # -----------------------------------------------------------------------------
 # Hyperparameters
@@ -138,8 +139,8 @@ class Hyperparameters:
     ttt_batch_seqs: int = setting(4, COUNT)
     ttt_freeze_blocks: int = setting(0, within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"))
     # kernels and entry points
-    scan_backend: str = "auto"  # auto | mamba_ssm | reference
-    attn_backend: str = "auto"  # auto | flex | reference
+    scan_backend: str = setting("auto", (lambda v, hp: v in ("auto", "mamba_ssm", "reference"), "auto, mamba_ssm or reference"))
+    attn_backend: str = setting("auto", (lambda v, hp: v in ("auto", "flex", "reference"), "auto, flex or reference"))
     compile: bool = True  # torch.compile on CUDA (never on CPU)
     eval_only: bool = False
     artifact: str = "final_model.int8.ptz"
@@ -456,13 +457,10 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
 
 @torch.compiler.disable  # its Python loops would unroll into a huge graph
 def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
-    """Mamba's scan h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t, gated by silu(z).
-
-    Shapes as mamba-ssm's selective_scan_fn: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D and
-    delta_bias (d,); dt = softplus(delta + delta_bias). Computed in two levels of about sqrt(l) steps:
-    a recurrence inside every chunk at once from a zero state, then the chunk-end states carried across
-    chunks and added back, decayed, to every position.
-    """
+    """Mamba's scan h_t = exp(dt_t A) h_{t-1} + dt_t B_t u_t, y_t = C_t h_t + D u_t, gated by silu(z). Shapes as mamba-ssm's
+    selective_scan_fn: u, delta, z (b, d, l); A (d, n); B, C (b, n, l); D and delta_bias (d,); dt = softplus(delta +
+    delta_bias). Computed in two levels of about sqrt(l) steps: a recurrence inside every chunk at once from a zero
+    state, then the chunk-end states carried across chunks and added back, decayed, to every position."""
     with torch.autocast(u.device.type, enabled=False):
         out_dtype, compute = u.dtype, torch.promote_types(u.dtype, torch.float32)  # at least fp32
         u, delta, A, B, C, D, z, delta_bias = (t.to(compute) for t in (u, delta, A, B, C, D, z, delta_bias))
@@ -625,10 +623,7 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
     """'auto' takes the fastest backend that imports (CUDA ones only on a GPU); a named one must import."""
     chosen, names = {}, {}
     for op, requested in (("scan", hp.scan_backend), ("attn", hp.attn_backend)):
-        options = KERNEL_CHOICES[op]
-        valid = [name for name, _, _ in options]
-        if requested != "auto" and requested not in valid:
-            raise ConfigError(f"{op.upper()}_BACKEND={requested!r}: choose auto or one of {', '.join(valid)}")
+        options = KERNEL_CHOICES[op]  # the names: Hyperparameters' scan_backend and attn_backend
         for name, module, fn in options:
             if requested == "auto" and name != "reference" and device.type != "cuda":
                 continue
@@ -653,7 +648,8 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
-    return F.rms_norm(x, (x.size(-1),))
+    """In the input's dtype: autocast runs the norm in fp32 and returns fp32, which would turn the residual stream fp32."""
+    return F.rms_norm(x, (x.size(-1),)).to(x.dtype)
 
 
 def grid_weight(module: nn.Module) -> torch.Tensor:
@@ -759,8 +755,7 @@ class HymbaMixer(nn.Module):
         k, v = F.linear(x, kv_weight).view(b, t, 2 * self.kv_heads, self.head_dim).chunk(2, dim=2)
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        q, k = (q * self.q_gain.to(q.dtype)[:, None]).to(v.dtype), k.to(v.dtype)  # the norms may run in fp32 under autocast
-        attn = self.kernels.attn(q, k.contiguous(), v.contiguous(), window).reshape(b, t, -1)
+        attn = self.kernels.attn(q * self.q_gain.to(q.dtype)[:, None], k.contiguous(), v.contiguous(), window).reshape(b, t, -1)
         # The Mamba branch runs channel-major, (b, channels, t), the layout the scan reads (as mamba-ssm's
         # mamba_inner_fn): its matmuls are W @ x, so no activation is transposed on the way in or out.
         xm, z = channel_major_linear(xz_weight, x.mT).split(self.inner, dim=1)
@@ -855,8 +850,8 @@ class HymbaGPT(nn.Module):
 
 
 def build_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> HymbaGPT:
-    """On GPU the embedding tables are bf16, so that the residual stream runs in bf16, as in the record (its
-    model is cast to bf16, then its linear weights and small or control tensors back to fp32)."""
+    """On GPU the embedding tables are bf16 as in the record, and with rms_norm keeping their dtype so is the residual
+    stream (the record's turns fp32 at its first norm, under autocast): half the traffic of the element-wise kernels."""
     model = HymbaGPT(hp, kernels).to(device)
     if device.type == "cuda":
         for module in model.modules():
@@ -983,17 +978,13 @@ def use_artifact_settings(hp: Hyperparameters, env=os.environ) -> None:
         setattr(hp, name, value)
 
 
-def code_bytes() -> int:
-    return len(Path(__file__).read_bytes())
-
-
 def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str, raw: dict, raw_path: str) -> dict:
     """Rank 0 writes `raw` with torch.save (first, as it is quick), then `weights` compressed; every rank waits."""
     sizes, t0 = {}, time.perf_counter()
     if run.rank == 0:
         torch.save(raw, raw_path)
         run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd {hp.zstd_level}: a minute at the record's size)")
-        blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - code_bytes(),
+        blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level, ARTIFACT_LIMIT_BYTES - CODE_BYTES,
                                       {k: getattr(hp, k) for k in MODEL_SETTINGS}, run.progress)
         Path(artifact).write_bytes(blob)
         sizes = dict(artifact_sizes(artifact, run), grid_coarsened=coarsen)
@@ -1005,7 +996,7 @@ def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str,
 
 
 def artifact_sizes(artifact: str, run: Run) -> dict:
-    model_bytes, script_bytes = Path(artifact).stat().st_size, code_bytes()
+    model_bytes, script_bytes = Path(artifact).stat().st_size, CODE_BYTES
     total = model_bytes + script_bytes
     run.log(f"artifact bytes_code:{script_bytes} bytes_model:{model_bytes} bytes_total:{total}")
     if total > ARTIFACT_LIMIT_BYTES:
@@ -1247,9 +1238,6 @@ class EMA:
         """The average as a state dict of the model's dtypes."""
         return {name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()}
 
-    def copy_to(self, model: nn.Module) -> None:
-        model.load_state_dict(self.weights(model))
-
 
 def check_batch_shape(hp: Hyperparameters, run: Run) -> None:
     """Resolve GRAD_ACCUM_STEPS; each rank's micro-batch must be whole sequences."""
@@ -1308,6 +1296,19 @@ def check_ranks_agree(run: Run, model: nn.Module, when: str) -> None:
         raise RunStopped(f"ranks hold different weights {when}: {len(differ)} tensors differ, first {differ[0]}", 3)
 
 
+def read_later(tensor: torch.Tensor, device: torch.device):
+    """A function that returns tensor.tolist(): on a GPU, from a copy queued now, so asking does not stall the queue."""
+    if device.type != "cuda":
+        return tensor.tolist
+    host, ready = tensor.to("cpu", non_blocking=True), torch.cuda.Event()  # to a pinned buffer
+    ready.record()
+
+    def read() -> list:
+        ready.synchronize()
+        return host.tolist()
+    return read
+
+
 def train_step(model, loader: DistributedTokenLoader, optimizers, hp: Hyperparameters, run: Run) -> torch.Tensor:
     total = torch.zeros((), device=run.device)
     for micro in range(hp.grad_accum_steps):
@@ -1321,14 +1322,6 @@ def train_step(model, loader: DistributedTokenLoader, optimizers, hp: Hyperparam
         opt.step()
         opt.zero_grad(set_to_none=True)
     return total / hp.grad_accum_steps
-
-
-def set_schedule(optimizers, multiplier: float, momentum: float) -> None:
-    for opt in optimizers:
-        for group in opt.param_groups:
-            group["lr"] = group["base_lr"] * multiplier
-            if "momentum" in group:
-                group["momentum"] = momentum
 
 
 def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: Data, results: dict) -> None:
@@ -1354,7 +1347,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         run.log(f"warmup: {hp.warmup_steps} steps run and undone")
 
     loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
-    ema = EMA(model, hp.ema_decay, hp.ema_every)
+    ema, posted = EMA(model, hp.ema_decay, hp.ema_every), []  # (step, its flags to read)
     train_ms, step, qat_on = 0.0, 0, False
     run.sync()
     t0 = time.perf_counter()
@@ -1372,7 +1365,9 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
             run.sync()
             t0 = time.perf_counter()
         elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-        set_schedule(optimizers, lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp))
+        multiplier, momentum = lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp)
+        for group in (group for opt in optimizers for group in opt.param_groups):  # momentum: Muon's (Adam ignores it)
+            group.update(lr=group["base_lr"] * multiplier, momentum=momentum)
         try:
             loss = train_step(trainer, loader, optimizers, hp, run)
         except ConfigError as error:  # bad tokens in a train shard the stream just reached: keep what was learnt
@@ -1383,30 +1378,36 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         if step % hp.train_log_every == 0 or step == hp.iterations:
             run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
                     f"step_avg:{elapsed_ms / step:.2f}ms")
-        # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a
-        # non-finite loss, so they stop at the same step, and whether QAT is due, so they start it together.
-        time_frac = elapsed_ms / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
-        flags = torch.tensor([time_frac >= 1, bool(STOP.name), max(time_frac, step / hp.iterations) >= hp.qat_start_frac],
-                             dtype=torch.int32, device=run.device)
-        flags = torch.cat((flags, (~torch.isfinite(loss)).int().view(1)))
-        out_of_time, signalled, qat_due, nonfinite = run.all_reduce(flags, dist.ReduceOp.MAX).tolist()
-        if qat_due and hp.qat_start_frac < 1 and not qat_on:
-            qat_on = True
-            set_qat(model, True)
-            run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 grid")
-        if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
-            saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=step - 1))
-            # unless the weights it took in at the step before had already overflowed while the loss had not
-            if not all(t.isfinite().all() for t in ema.shadow.values()):
-                saved += " (WARNING: the EMA is not finite either)"
-            raise RunStopped(f"train_loss is not finite at step {step}; {saved}", exit_code=3)
+        # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a non-finite loss, so
+        # they stop at the same step, and whether QAT is due, so they start it together. The answer is read a step late, while
+        # the GPU runs the next one (so time counts two steps ahead); at once when the EMA is due, as it may take in weights
+        # only once every loss before them is known to be finite.
+        time_frac = elapsed_ms * (step + 2) / step / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
+        flags = torch.tensor([time_frac >= 1, bool(STOP.name), max(time_frac, step / hp.iterations) >= hp.qat_start_frac], device=run.device)
+        flags = run.all_reduce(torch.cat((flags, ~torch.isfinite(loss).view(1))).int(), dist.ReduceOp.MAX)
+        posted.append((step, read_later(flags, run.device)))
+        ema_due, stopping = step % hp.ema_every == 0 or step == hp.iterations, False
+        while len(posted) > (0 if ema_due else 1):
+            at, read = posted.pop(0)
+            out_of_time, signalled, qat_due, nonfinite = read()
+            if qat_due and hp.qat_start_frac < 1 and not qat_on:
+                qat_on = True
+                set_qat(model, True)
+                run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 grid")
+            if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
+                saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=at - 1))
+                # unless the weights it took in at the step before had already overflowed while the loss had not
+                if not all(t.isfinite().all() for t in ema.shadow.values()):
+                    saved += " (WARNING: the EMA is not finite either)"
+                raise RunStopped(f"train_loss is not finite at step {at}; {saved}", exit_code=3)
+            if signalled:
+                raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
+                saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
+                raise RunStopped(f"{STOP.name or 'a signal to another rank'} at step {step}: training stopped; "
+                                 f"{saved}", exit_code=0)
+            stopping |= bool(out_of_time)
         ema.update(model, step)
-        if signalled:
-            raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-            saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
-            raise RunStopped(f"{STOP.name or 'a signal to another rank'} at step {step}: training stopped; "
-                             f"{saved}", exit_code=0)
-        if out_of_time:
+        if stopping:
             run.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{hp.iterations}")
             break
     run.sync()
@@ -1416,7 +1417,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         run.log("WARNING: the EMA exported is still mostly the initial weights: too few steps for EMA_DECAY, EMA_EVERY")
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
-    ema.copy_to(model)  # then the weights on disk before any evaluation
+    model.load_state_dict(ema.weights(model))  # then the weights on disk before any evaluation
     results.update(steps=step, train_time_s=train_ms / 1000,
                    **export_artifact(hp, run, model.state_dict(), hp.artifact, model.state_dict(), "final_model.pt"))
     STOP.saved = f"after training: the weights are in {hp.artifact} and final_model.pt, results so far in {run.summary_path}"

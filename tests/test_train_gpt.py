@@ -12,7 +12,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import ROOT, final_line, make_documents, reference_kernels, tiny_data, tiny_hp
+from conftest import ROOT, final_line, make_documents, paths, reference_kernels, run_script, tiny_data, tiny_hp
 
 import train_gpt as tg
 
@@ -525,6 +525,28 @@ def test_lr_schedule_by_wallclock():
     assert tg.lr_multiplier(9950, 99_500.0, fast) == pytest.approx(0.5)
 
 
+def test_step_checks_are_read_a_step_late_or_at_once_when_the_ema_is_due(tmp_path, dataset, tokenizer_path):
+    """QAT is due after step 6 of 12. Its flag is read while step 7 runs, so QAT starts at step 8; but when the EMA
+    takes in step 6's weights, the flags are read at once (a loss not known finite must not reach the EMA): step 7."""
+    for ema_every, first_qat_step in ((5, 8), (3, 7)):
+        (tmp_path / str(ema_every)).mkdir()
+        result = run_script(tmp_path / str(ema_every), paths(dataset, tokenizer_path, QAT_START_FRAC=0.5, EMA_EVERY=ema_every,
+                                                             TTT_ENABLED=0, MAX_WALLCLOCK_SECONDS=0))
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert f"qat: on from step {first_qat_step}," in result.stdout
+
+
+def test_the_wallclock_stop_overruns_its_limit_by_less_than_a_step(tmp_path, dataset, tokenizer_path):
+    """The time check is read a step late, so it looks two steps ahead: the run ends within a step of the limit."""
+    result = run_script(tmp_path, paths(dataset, tokenizer_path, ITERATIONS=100000, MAX_WALLCLOCK_SECONDS=3, EMA_EVERY=1000,
+                                        VAL_LOSS_EVERY=0, TRAIN_LOG_EVERY=100000, TTT_ENABLED=0))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "stopping_early: wallclock_cap" in result.stdout
+    done = final_line(result.stdout, "training done:")
+    train_ms, step_ms = float(done["train_time"].removesuffix("ms")), float(done["step_avg"].removesuffix("ms"))
+    assert train_ms <= 3000 + step_ms, (train_ms, step_ms)
+
+
 def test_muon_momentum_warmup():
     hp = tiny_hp(MUON_MOMENTUM_WARMUP_STEPS=500)
     assert tg.muon_momentum(0, hp) == pytest.approx(0.85)
@@ -547,7 +569,7 @@ def test_ema_is_an_exponential_average_every_n_steps():
     expected = 0.0
     for v in values:  # the decay is per step: two steps between updates
         expected = 0.81 * expected + 0.19 * v
-    ema.copy_to(model)
+    model.load_state_dict(ema.weights(model))
     assert model.weight[0, 0].item() == pytest.approx(expected)
 
 
