@@ -89,13 +89,21 @@ def test_compiled_causal_conv1d_matches_eager():
 
 
 @cuda
-def test_embedding_tables_are_bf16_on_the_gpu():
-    """As the record: the embedding tables in bf16 (so the residual stream runs in bf16), every other tensor fp32."""
-    hp = tg.Hyperparameters(num_layers=2)
+def test_embedding_tables_and_the_residual_stream_are_bf16_on_the_gpu():
+    """As the record: the embedding tables in bf16, every other tensor fp32; and (unlike the record, whose first norm
+    returns fp32 under autocast) every block's input and output in bf16."""
+    hp = tg.Hyperparameters(num_layers=2, train_seq_len=256, sliding_window=64)
     model = tg.build_model(hp, tg.select_kernels(hp, torch.device("cuda")), torch.device("cuda"))
     dtypes = {name: p.dtype for name, p in model.named_parameters()}
     assert dtypes.pop("tok_emb.weight") == dtypes.pop("bigram.table.weight") == torch.bfloat16
     assert set(dtypes.values()) == {torch.float32}
+    seen = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda _module, args, out: seen.extend([args[0].dtype, args[1].dtype, out.dtype]))
+    ids = torch.randint(0, hp.vocab_size, (1, 256), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        model(ids, ids)
+    assert seen == [torch.bfloat16] * 6
 
 
 @cuda
