@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One H200 lease, end to end, as run for the figures in README.md (third session, 2026-11-29; the ttt_lr* jobs are new since).
+# One H200 lease, end to end, as run for the figures in README.md (fourth session, 2026-11-29; earlier sessions' jobs below).
 #
 # Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
 # devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
@@ -62,8 +62,8 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$
 
 if selected benchmark; then
 BENCH="benchmark.py --warmup 3 --iters 10"
-say "benchmark: this script, with the kernel profile (alone on the GPU)"
-python3 $BENCH --profile --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
+say "benchmark: this script, with the kernel profile (alone on the GPU; training step only)"
+python3 $BENCH --profile --train-only --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
 say "benchmark exit $?"; tail -n 1 "$RES/benchmark.txt"
 for variant in /tmp/variants/*; do  # the step of each earlier script: each change's own gain
   name=$(basename "$variant")
@@ -77,27 +77,37 @@ if [ -f "$RES/flex_configs.json" ]; then
   python3 $BENCH --train-only --flex-options "$best" --json "$RES/benchmark_flex.json" > "$RES/benchmark_flex.txt" 2>&1
   say "benchmark_flex exit $?"; tail -n 1 "$RES/benchmark_flex.txt"
 fi
-say "benchmark: this script, the model compiled with CUDA graphs (reduce-overhead; training step only)"
-python3 $BENCH --train-only --compile-mode reduce-overhead --json "$RES/benchmark_cudagraphs.json" > "$RES/benchmark_cudagraphs.txt" 2>&1
-say "benchmark_cudagraphs exit $?"; tail -n 1 "$RES/benchmark_cudagraphs.txt"
+if selected cudagraphs; then
+  say "benchmark: this script, the model compiled with CUDA graphs (reduce-overhead; training step only)"
+  python3 $BENCH --train-only --compile-mode reduce-overhead --json "$RES/benchmark_cudagraphs.json" > "$RES/benchmark_cudagraphs.txt" 2>&1
+  say "benchmark_cudagraphs exit $?"; tail -n 1 "$RES/benchmark_cudagraphs.txt"
+fi
 fi
 fi
 
 COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
 AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
+BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start of the fourth session (919b703)
 JOBS=(
-  # name | command (run in /tmp/runs/NAME; python3 scripts given relative to the repository)
+  # name | command (run in /tmp/runs/NAME; python3 scripts given relative to the repository). "after:NAME" waits for that
+  # job to end, "trained:NAME" for its training to end (its step times are then its own: alone on the GPU)
   "final1000_ttt|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
-  "gpu_tests|pytest"
-  "ab_new_seed1337|train_gpt.py $AB QAT_START_FRAC=1 SEED=1337"
+  "final1000_before|trained:final1000_ttt $BEFORE ITERATIONS=1000 WARMDOWN_ITERS=1750"
+  "gpu_tests|trained:final1000_ttt pytest"
+  "proxy4000_ttt|trained:final1000_ttt train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
+  # TTT's learning rate at this scale, on the end-to-end run's artifact (its own TTT: the default, 0.0002)
+  "ttt_lr0.0005|after:final1000_ttt train_gpt.py EVAL_ONLY=1 ARTIFACT=/tmp/runs/final1000_ttt/final_model.int8.ptz TTT_LR=0.0005"
+  "ttt_lr0.0001|after:final1000_ttt train_gpt.py EVAL_ONLY=1 ARTIFACT=/tmp/runs/final1000_ttt/final_model.int8.ptz TTT_LR=0.0001"
+  # the recipe A/B of the third session again, with the bigram table's learning rate reverted (919b703), and this script
+  "ab_before_seed1337|trained:final1000_ttt $BEFORE $AB QAT_START_FRAC=1 SEED=1337"
+  "ab_before_seed42|trained:final1000_ttt $BEFORE $AB QAT_START_FRAC=1 SEED=42"
+  "ab_new_seed1337|trained:final1000_ttt train_gpt.py $AB QAT_START_FRAC=1 SEED=1337"
+  # run in the third session: the recipe A/B against the script before PR #599's rows (0d2e1ed); export variants
   "ab_old_seed1337|/tmp/old_train_gpt.py $AB SEED=1337"
-  "ab_new_seed42|train_gpt.py $AB QAT_START_FRAC=1 SEED=42"
   "ab_old_seed42|/tmp/old_train_gpt.py $AB SEED=42"
   "export_variants|after:final1000_ttt measurements/export_variants.py /tmp/runs/final1000_ttt/final_model.pt TTT_ENABLED=0"
-  # owed by the next session: TTT's learning rate at this scale, on the end-to-end run's artifact (its own TTT: the default)
-  "ttt_lr0.0005|after:final1000_ttt train_gpt.py EVAL_ONLY=1 ARTIFACT=/tmp/runs/final1000_ttt/final_model.int8.ptz TTT_LR=0.0005"
   "ttt_lr0.002|after:final1000_ttt train_gpt.py EVAL_ONLY=1 ARTIFACT=/tmp/runs/final1000_ttt/final_model.int8.ptz TTT_LR=0.002"
-  # run in the second session (commit bd990b6), not in the third: the record-length proxies
+  # run in the second session (commit bd990b6): the record-length proxies
   "proxy4000_qat|train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
   "proxy4000_noqat|train_gpt.py ITERATIONS=4000 QAT_START_FRAC=1 TTT_ENABLED=0"
   "proxy1000_qat|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
@@ -113,6 +123,9 @@ for job in "${JOBS[@]}"; do
     set -- $command
     if [ "${1%%:*}" = after ]; then  # wait for another job to finish
       while [ ! -f "$RES/${1#after:}/rc" ]; do sleep 5; done; shift
+    elif [ "${1%%:*}" = trained ]; then  # or its training
+      while [ ! -f "$RES/${1#trained:}/rc" ] && ! grep -q "^training done" "$RES/${1#trained:}/output.txt" 2>/dev/null; do sleep 2; done
+      shift
     fi
     cd "/tmp/runs/$name"
     if [ "$1" = pytest ]; then
