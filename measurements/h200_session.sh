@@ -102,6 +102,13 @@ JOBS=(
   "ab_before_seed1337|trained:final1000_ttt $BEFORE $AB QAT_START_FRAC=1 SEED=1337"
   "ab_before_seed42|trained:final1000_ttt $BEFORE $AB QAT_START_FRAC=1 SEED=42"
   "ab_new_seed1337|trained:final1000_ttt train_gpt.py $AB QAT_START_FRAC=1 SEED=1337"
+  # owed to the next session: PR #599's rows one at a time on the GPU (the fourth session's A/B left 0.20 BPB unexplained)
+  "row_all_seed1337|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear,fp32"
+  "row_dt_seed1337|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
+  "row_fp32_seed1337|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=fp32"
+  "row_ortho_seed1337|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
+  "row_scales_seed1337|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
+  "row_none_seed1337|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"
   # run in the third session: the recipe A/B against the script before PR #599's rows (0d2e1ed); export variants
   "ab_old_seed1337|/tmp/old_train_gpt.py $AB SEED=1337"
   "ab_old_seed42|/tmp/old_train_gpt.py $AB SEED=42"

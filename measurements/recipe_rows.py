@@ -1,6 +1,6 @@
-"""Issue 12's recipe rows one at a time, on a CPU: train_gpt.py with chosen rows put back as they were before.
+"""Issue 12's recipe rows one at a time: train_gpt.py with chosen rows put back as they were before (CPU or GPU).
 
-    OLD_ROWS=bigram,dt SEED=1337 <settings> python measurements/recipe_rows_cpu.py
+    OLD_ROWS=bigram,dt SEED=1337 <settings> python measurements/recipe_rows.py
 
 OLD_ROWS (comma-separated) switches these rows to their other choice for this run only:
   ortho   linear weights keep PyTorch's default initialisation instead of orthogonal (PR #599's)
@@ -9,8 +9,12 @@ OLD_ROWS (comma-separated) switches these rows to their other choice for this ru
   smear   SmearGate starts at sigmoid(-2), about 12%, instead of sigmoid(-3) (PR #599's)
   bigram  the BigramHash table moves to the other Adam group: to the embedding's (EMBED_LR) from the scalars'
           (SCALAR_LR, PR #599's), where train_gpt.py had it when this was measured (890f2c5), or back
-Everything else is train_gpt.py as it stands (its settings from the environment, as for training). The
-bf16 embedding tables of the GPU path cannot be switched here: the CPU path is fp32 throughout.
+  bf16    (CPU) the embedding tables stored in bf16 (their Adam state too), as build_model makes them on a GPU (PR #599's);
+          the CPU path then reads them as fp32, so only the storage's precision differs, not the arithmetic
+  fp32    on a GPU, the embedding tables stay fp32 (as before PR #599's dtype row), and with them the residual stream
+  stream  (CPU) the residual stream rounded to bf16 wherever it is written (norm outputs, residual mixes and adds), as it
+          is on a GPU when the tables are bf16 and the norms keep their input's dtype; the arithmetic stays fp32
+Everything else is train_gpt.py as it stands (its settings from the environment, as for training).
 """
 import math
 import os
@@ -18,6 +22,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
@@ -42,7 +47,28 @@ def build(hp, kernels, device):
                 mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
         if "smear" in ROWS and model.smear is not None:
             model.smear.gate.fill_(-2.0)
+    if "stream" in ROWS:
+        tg.rms_norm = lambda x: bf16(F.rms_norm(x, (x.size(-1),)))
+        tg.Block.forward = block_in_bf16
+    for module in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
+        if "fp32" in ROWS:
+            module.float()
+        if "bf16" in ROWS:
+            module.bfloat16()
+    if "bf16" in ROWS:
+        tg.Embedding.forward = lambda self, ids: F.embedding(ids, tg.grid_weight(self)).float()
     return model
+
+
+def bf16(x):
+    return x.bfloat16().float()
+
+
+def block_in_bf16(self, x, x0, window):
+    """Block.forward with each tensor that the GPU would store in bf16 rounded to it."""
+    x = bf16(self.resid_mix[0] * x + self.resid_mix[1] * x0)
+    x = bf16(x + self.mixer_scale * bf16(self.mixer(tg.rms_norm(x), window)))
+    return bf16(x + self.mlp_scale * bf16(self.mlp(tg.rms_norm(x))))
 
 
 def optimizers(hp, model, run):
