@@ -5,11 +5,13 @@
     python benchmark.py --profile       # and print the CUDA kernels that take the training step's time
     python benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
     python benchmark.py --compile-mode reduce-overhead          # the model compiled in another mode (CUDA graphs)
+    python benchmark.py --tokens-from DIR/fineweb_train_000000.bin   # a batch of real text, not random tokens
 
 Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
 and Adam, EMA amortised over EMA_EVERY), alone and back to back as the training loop queues its steps
 (the GPU then never waits for the CPU between steps), the TTT step (forward, backward, AdamW on this GPU's share of
-a chunk) and the scoring pass. Random tokens: the work per step does not depend on the data.
+a chunk) and the scoring pass. Random tokens unless --tokens-from: the work per step is the same but for
+the embedding's backward, which sums the gradients of repeated tokens (real text repeats many).
 Communication between GPUs is not measured; the projections assume every GPU does this GPU's work.
 """
 
@@ -20,6 +22,7 @@ import json
 import math
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -110,7 +113,8 @@ def profile_train_step(train_step, steps: int = 3) -> str:
     return "\n".join(lines)
 
 
-def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False, train_only: bool = False) -> dict:
+def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False, train_only: bool = False,
+          shard: str | None = None) -> dict:
     device = torch.device("cuda")
     torch.manual_seed(0)
     kernels = tg.select_kernels(hp, device)
@@ -118,8 +122,12 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
     compiled = tg.maybe_compile(model, hp, device)
     run = tg.Run(0, 1, device, None)
     hp.grad_accum_steps = 1
-    x = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
-    y = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
+    if shard:  # real text: its repeated tokens make the embedding's backward do other work than uniform ids
+        tokens = torch.from_numpy(tg.load_shard(Path(shard), hp.vocab_size)[:seqs * hp.train_seq_len + 1].astype("int64"))
+        x, y = (t.view(seqs, hp.train_seq_len).to(device) for t in (tokens[:-1], tokens[1:]))
+    else:
+        x = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
+        y = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
     optimizers = tg.build_optimizers(hp, model, run)
     ema = tg.EMA(model, hp.ema_decay, 1)
     loader = FixedBatch(x, y)
@@ -181,6 +189,8 @@ def main():
     parser.add_argument("--profile", action="store_true", help="print where the first configuration's step goes")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--train-only", action="store_true", help="time the training step only (no TTT step, no scoring)")
+    parser.add_argument("--tokens-from", metavar="SHARD", help="a train shard whose first tokens are the batch (default: "
+                        "uniformly random tokens)")
     parser.add_argument("--compile-mode", help="torch.compile's mode for the model, e.g. reduce-overhead (CUDA graphs); "
                         "train_gpt.py uses the default")
     parser.add_argument("--flex-options", help="JSON kernel_options for FlexAttention, to try options that "
@@ -205,7 +215,8 @@ def main():
             configs.append(dataclasses.replace(hp, compile=False))
     rows = []
     for i, config in enumerate(configs):
-        result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0, args.train_only)
+        result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0, args.train_only,
+                       args.tokens_from)
         rows.append(result)
         print(json.dumps(result), flush=True)
         if args.json:  # after every configuration, so that a run cut short keeps what it measured

@@ -65,6 +65,12 @@ BENCH="benchmark.py --warmup 3 --iters 10"
 say "benchmark: this script, with the kernel profile (alone on the GPU; training step only)"
 python3 $BENCH --profile --train-only --json "$RES/benchmark.json" > "$RES/benchmark.txt" 2>&1
 say "benchmark exit $?"; tail -n 1 "$RES/benchmark.txt"
+if selected benchmark_text; then  # the same step on real text: does the embedding's backward cost more there?
+  say "benchmark: this script on a batch of real text (training step only)"
+  python3 $BENCH --train-only --tokens-from "$DATA/fineweb_train_000000.bin" --json "$RES/benchmark_text.json" \
+    > "$RES/benchmark_text.txt" 2>&1
+  say "benchmark_text exit $?"; tail -n 1 "$RES/benchmark_text.txt"
+fi
 for variant in /tmp/variants/*; do  # the step of each earlier script: each change's own gain
   name=$(basename "$variant")
   say "benchmark_$name (training step only)"
