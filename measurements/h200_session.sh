@@ -3,7 +3,8 @@
 #
 # Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
 # devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
-# and variants/NAME.py (earlier versions of train_gpt.py, whose training step is benchmarked as benchmark_NAME).
+# and variants/NAME.py (earlier versions of train_gpt.py, whose training step is benchmarked as benchmark_NAME); candidate
+# versions are made from this train_gpt.py by measurements/variants/NAME.py and benchmarked the same way.
 #   bash measurements/h200_session.sh start    # detached: build, benchmarks, GPU tests, training runs
 #   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
 # Order: mamba-ssm builds while FlexAttention's kernel options are timed (that needs no mamba-ssm); then the
@@ -43,6 +44,10 @@ cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
 for script in "$REPO"/.gpu/variants/*.py; do  # earlier versions of train_gpt.py, benchmarked beside this one
   mkdir -p "/tmp/variants/$(basename "$script" .py)" && cp "$script" "/tmp/variants/$(basename "$script" .py)/train_gpt.py"
   cp /tmp/repo/benchmark.py "/tmp/variants/$(basename "$script" .py)/"
+done
+for make in "$REPO"/measurements/variants/*.py; do  # candidates, written from this train_gpt.py, benchmarked beside it
+  name=$(basename "$make" .py); mkdir -p "/tmp/variants/$name"
+  python3 "$make" /tmp/repo/train_gpt.py > "/tmp/variants/$name/train_gpt.py" && cp /tmp/repo/benchmark.py "/tmp/variants/$name/"
 done
 cd /tmp/repo
 if [ -z "${DRY_EXTRA:-}" ]; then
