@@ -8,8 +8,7 @@
     python benchmark.py --tokens-from DIR/fineweb_train_000000.bin   # a batch of real text, not random tokens
 
 Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
-and Adam, EMA amortised over EMA_EVERY), alone and back to back as the training loop queues its steps
-(the GPU then never waits for the CPU between steps), the TTT step (forward, backward, AdamW on this GPU's share of
+and Adam, EMA amortised over EMA_EVERY), alone and back to back (queued with no sync between them), the TTT step (forward, backward, AdamW on this GPU's share of
 a chunk) and the scoring pass. Random tokens unless --tokens-from: the work per step is the same but for
 the embedding's backward, which sums the gradients of repeated tokens (real text repeats many).
 Communication between GPUs is not measured; the projections assume every GPU does this GPU's work.
@@ -200,9 +199,11 @@ def main():
         flex, options = tg.compiled_flex_attention(), json.loads(args.flex_options)
         tg.compiled_flex_attention = lambda: functools.partial(flex, kernel_options=options)
     if args.compile_mode:
-        def compile_in_mode(module, hp, device):
-            torch._dynamo.config.cache_size_limit = 64  # as train_gpt.maybe_compile
-            return torch.compile(module, dynamic=False, mode=args.compile_mode) if hp.compile else module
+        maybe_compile = tg.maybe_compile
+
+        def compile_in_mode(module, hp, device):  # train_gpt's compile settings, then the model compiled in that mode
+            default = maybe_compile(module, hp, device)
+            return module if default is module else torch.compile(module, dynamic=False, mode=args.compile_mode)
         tg.maybe_compile = compile_in_mode
     hp = tg.Hyperparameters.from_env()
     configs = [hp]

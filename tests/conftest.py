@@ -40,6 +40,18 @@ def reference_kernels() -> tg.Kernels:
     return tg.select_kernels(tiny_hp(), torch.device("cpu"))
 
 
+def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
+    """A tiny model with every parameter perturbed, so that zero-initialised projections do not hide a path."""
+    torch.manual_seed(seed)
+    model = tg.HymbaGPT(tiny_hp(**overrides), reference_kernels()).double()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("A_log"):
+                continue
+            p.add_(torch.randn_like(p) * 0.2)
+    return model
+
+
 def final_line(stdout: str, prefix: str) -> dict:
     line = [l for l in stdout.splitlines() if l.startswith(prefix + " ")][-1]
     return {k: v for k, v in (item.split(":", 1) for item in line.split()[1:])}

@@ -12,21 +12,10 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from conftest import ROOT, final_line, make_documents, paths, reference_kernels, run_script, tiny_data, tiny_hp
+from conftest import (ROOT, final_line, make_documents, paths, randomized_model, reference_kernels, run_script, tiny_data,
+                      tiny_hp)
 
 import train_gpt as tg
-
-
-def randomized_model(seed=0, **overrides) -> tg.HymbaGPT:
-    """A tiny model with every parameter perturbed, so that zero-initialised projections do not hide a path."""
-    torch.manual_seed(seed)
-    model = tg.HymbaGPT(tiny_hp(**overrides), reference_kernels()).double()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("A_log"):
-                continue
-            p.add_(torch.randn_like(p) * 0.2)
-    return model
 
 
 # --- the whole script ------------------------------------------------------------------------------

@@ -7,9 +7,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, tiny_hp
-
-import train_gpt as tg
+from conftest import ROOT, randomized_model, tiny_hp
 
 VARIANTS = sorted((ROOT / "measurements" / "variants").glob("*.py"))
 
@@ -27,15 +25,8 @@ def load_variant(make, tmp_path):
 
 @pytest.mark.parametrize("make", VARIANTS, ids=[v.stem for v in VARIANTS])
 def test_a_variant_computes_the_same_model(make, tmp_path):
-    variant = load_variant(make, tmp_path)
-    hp = tiny_hp()
-    models = []
-    for module in (tg, variant):
-        torch.manual_seed(0)
-        models.append(module.HymbaGPT(hp, module.select_kernels(hp, torch.device("cpu"))).double())
-    with torch.no_grad():  # the output projections start at zero: make every path carry a gradient
-        for p in models[0].parameters():
-            p.add_(torch.randn_like(p) * 0.05)
+    hp, variant = tiny_hp(), load_variant(make, tmp_path)
+    models = [randomized_model(), variant.HymbaGPT(hp, variant.select_kernels(hp, torch.device("cpu"))).double()]
     models[1].load_state_dict(models[0].state_dict())
     ids, targets = torch.randint(0, hp.vocab_size, (2, 64)), torch.randint(0, hp.vocab_size, (2, 64))
     losses = [model(ids, targets) for model in models]
