@@ -6,12 +6,17 @@
     python benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
     python benchmark.py --compile-mode reduce-overhead          # the model compiled in another mode (CUDA graphs)
     python benchmark.py --tokens-from DIR/fineweb_train_000000.bin   # a batch of real text, not random tokens
+    torchrun --standalone --nproc_per_node=2 benchmark.py --train-only --profile   # each GPU this shape, gradients shared
+
+Under torchrun every GPU runs the record's per-GPU step with the model wrapped in DDP as train_gpt.py wraps
+it, and Muon shares its updates; rank 0 prints. --profile then also says how much of the communication
+kernels' time ran while compute kernels ran too (hidden) and how much did not (exposed).
 
 Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
 and Adam, EMA amortised over EMA_EVERY), alone and back to back (queued with no sync between them), the TTT step (forward, backward, AdamW on this GPU's share of
 a chunk) and the scoring pass. Random tokens unless --tokens-from: the work per step is the same but for
 the embedding's backward, which sums the gradients of repeated tokens (real text repeats many).
-Communication between GPUs is not measured; the projections assume every GPU does this GPU's work.
+On one GPU, communication is not measured; the projections assume every GPU does this GPU's work.
 """
 
 import argparse
@@ -19,11 +24,15 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import train_gpt as tg
 
@@ -55,8 +64,8 @@ def median_ms(fn, warmup: int, iters: int) -> float:
 
 
 def back_to_back_ms(fn, iters: int) -> float:
-    """The mean of `iters` calls queued one after another, with no sync between them: the training loop reads each
-    step's checks a step late (train_gpt.read_later), so the CPU prepares a step while the GPU runs the one before."""
+    """The mean of `iters` calls queued one after another, with no sync between them. Against the synced median it
+    shows whether the GPU waits for the CPU at a step's start (the training loop syncs once a step)."""
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -83,8 +92,37 @@ KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
 ]
 
 
+def kernel_intervals(prof) -> list[tuple[float, float, str]]:
+    """(start, end, name) of every GPU kernel in the profile, in microseconds."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "trace.json")
+        prof.export_chrome_trace(path)
+        events = json.loads(Path(path).read_text())["traceEvents"]
+    return [(e["ts"], e["ts"] + e["dur"], e["name"]) for e in events if e.get("cat") == "kernel"]
+
+
+def communication_overlap(kernels: list[tuple[float, float, str]], steps: int) -> str:
+    """How much of the communication (NCCL) kernels' time ran while a compute kernel ran on another stream. NCCL
+    kernels also count the time they wait for the other ranks, so 'exposed' is an upper bound of what they cost."""
+    compute = sorted((a, b) for a, b, name in kernels if "nccl" not in name.lower())
+    merged = []  # the compute kernels' union, as disjoint intervals
+    for a, b in compute:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    comm = [(a, b, name) for a, b, name in kernels if "nccl" in name.lower()]
+    total = sum(b - a for a, b, _ in comm)
+    hidden = sum(max(0.0, min(b, mb) - max(a, ma)) for a, b, _ in comm for ma, mb in merged if ma < b and mb > a)
+    names = sorted({name.split("(")[0] for _, _, name in comm})
+    return (f"communication: {len(comm) // steps} NCCL kernels per step, {total / 1000 / steps:.2f} ms per step, of which "
+            f"{hidden / 1000 / steps:.2f} ms ran beside compute (hidden) and {(total - hidden) / 1000 / steps:.2f} ms did not "
+            f"(exposed); kernels: {', '.join(names)}")
+
+
 def profile_train_step(train_step, steps: int = 3) -> str:
-    """The kernels that take the step's GPU time, grouped, and how much of the step the GPU is busy."""
+    """The kernels that take the step's GPU time, grouped, and how much of the step the GPU is busy; on several GPUs,
+    how much of the communication hides behind compute."""
     from torch.profiler import ProfilerActivity, profile
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -107,19 +145,21 @@ def profile_train_step(train_step, steps: int = 3) -> str:
     for group, events in sorted(groups.items(), key=lambda kv: -sum(e.self_device_time_total for e in kv[1])):
         ms = sum(e.self_device_time_total for e in events) / 1000 / steps
         lines.append(f"| {group} | {ms:.2f} | {ms / busy_ms:.1%} | {sum(e.count for e in events) // steps} |")
+    if "communication" in groups:
+        lines.append(communication_overlap(kernel_intervals(prof), steps))
     lines.append("")
     lines.append(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
     return "\n".join(lines)
 
 
-def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: bool = False, train_only: bool = False,
-          shard: str | None = None) -> dict:
-    device = torch.device("cuda")
+def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: int, profile: bool = False,
+          train_only: bool = False, shard: str | None = None) -> dict:
+    device = run.device
     torch.manual_seed(0)
     kernels = tg.select_kernels(hp, device)
     model = tg.build_model(hp, kernels, device)
     compiled = tg.maybe_compile(model, hp, device)
-    run = tg.Run(0, 1, device, None)
+    trainer = DistributedDataParallel(compiled, device_ids=[device.index]) if run.world_size > 1 else compiled  # as train_gpt
     hp.grad_accum_steps = 1
     if shard:  # real text: its repeated tokens make the embedding's backward do other work than uniform ids
         tokens = torch.from_numpy(tg.load_shard(Path(shard), hp.vocab_size)[:seqs * hp.train_seq_len + 1].astype("int64"))
@@ -132,7 +172,7 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
     loader = FixedBatch(x, y)
 
     def train_step():
-        tg.train_step(compiled, loader, optimizers, hp, run)
+        tg.train_step(trainer, loader, optimizers, hp, run)
 
     torch.cuda.reset_peak_memory_stats()
     first = time.perf_counter()
@@ -143,11 +183,13 @@ def bench(hp: tg.Hyperparameters, seqs: int, warmup: int, iters: int, profile: b
     queued_ms = back_to_back_ms(train_step, iters)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     if profile:
-        print(profile_train_step(train_step), flush=True)
+        report = profile_train_step(train_step)
+        if run.rank == 0:
+            print(report, flush=True)
     ema_ms = median_ms(lambda: ema.update(model, 1), 2, 5) / max(hp.ema_every, 1)
     tokens = seqs * hp.train_seq_len
     step_ms = train_ms + ema_ms
-    result = dict(backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
+    result = dict(world_size=run.world_size, backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
                   back_to_back_ms=round(queued_ms + ema_ms, 2),
                   tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
                   mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
@@ -206,9 +248,15 @@ def main():
             return module if default is module else torch.compile(module, dynamic=False, mode=args.compile_mode)
         tg.maybe_compile = compile_in_mode
     hp = tg.Hyperparameters.from_env()
+    rank, world_size, local_rank = (int(os.environ.get(k, "0")) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+    run = tg.Run(rank, max(world_size, 1), torch.device("cuda", local_rank), None)
+    torch.cuda.set_device(run.device)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as train_gpt.setup_run
+    if run.world_size > 1:
+        dist.init_process_group("nccl", device_id=run.device)
     configs = [hp]
     if args.ablate:
-        chosen = tg.select_kernels(hp, torch.device("cuda")).names
+        chosen = tg.select_kernels(hp, run.device).names
         for op, name in chosen.items():
             if name != "reference":
                 configs.append(dataclasses.replace(hp, **{f"{op}_backend": "reference"}))
@@ -216,16 +264,21 @@ def main():
             configs.append(dataclasses.replace(hp, compile=False))
     rows = []
     for i, config in enumerate(configs):
-        result = bench(dataclasses.replace(config), args.seqs, args.warmup, args.iters, args.profile and i == 0, args.train_only,
-                       args.tokens_from)
+        result = bench(dataclasses.replace(config), run, args.seqs, args.warmup, args.iters, args.profile and i == 0,
+                       args.train_only or run.world_size > 1, args.tokens_from)  # TTT and scoring: one GPU's work
         rows.append(result)
-        print(json.dumps(result), flush=True)
-        if args.json:  # after every configuration, so that a run cut short keeps what it measured
+        run.log(json.dumps(result))
+        if args.json and run.rank == 0:  # after every configuration, so that a run cut short keeps what it measured
             with open(args.json, "w") as f:
                 json.dump(rows, f, indent=2)
         torch._dynamo.reset()
         torch.cuda.empty_cache()
+    if run.world_size > 1:
+        dist.destroy_process_group()
+    if run.rank != 0:
+        return
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.seqs}x{hp.train_seq_len} tokens per step"
+          + (f" on each of {run.world_size} GPUs (DDP)" if run.world_size > 1 else "")
           + (f", FlexAttention kernel_options {args.flex_options}" if args.flex_options else "")
           + (f", compile mode {args.compile_mode}" if args.compile_mode else ""))
     header = ("| scan | attn | compile | first step s | train step ms | back to back ms | tokens/s | peak GiB | MFU | TTT step ms | "

@@ -1294,19 +1294,7 @@ def check_ranks_agree(run: Run, model: nn.Module, when: str) -> None:
     differ = [name for name, same in zip(names, (extremes[0] == -extremes[1]).all(dim=1).tolist()) if not same]
     if differ:
         raise RunStopped(f"ranks hold different weights {when}: {len(differ)} tensors differ, first {differ[0]}", 3)
-
-
-def read_later(tensor: torch.Tensor, device: torch.device):
-    """A function that returns tensor.tolist(): on a GPU, from a copy queued now, so asking does not stall the queue."""
-    if device.type != "cuda":
-        return tensor.tolist
-    host, ready = tensor.to("cpu", non_blocking=True), torch.cuda.Event()  # to a pinned buffer
-    ready.record()
-
-    def read() -> list:
-        ready.synchronize()
-        return host.tolist()
-    return read
+    run.log(f"ranks_agree {when}: the {len(names)} tensors' checksums are the same on all {run.world_size} ranks")
 
 
 def train_step(model, loader: DistributedTokenLoader, optimizers, hp: Hyperparameters, run: Run) -> torch.Tensor:
@@ -1347,7 +1335,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         run.log(f"warmup: {hp.warmup_steps} steps run and undone")
 
     loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
-    ema, posted = EMA(model, hp.ema_decay, hp.ema_every), []  # (step, its flags to read)
+    ema = EMA(model, hp.ema_decay, hp.ema_every)
     train_ms, step, qat_on = 0.0, 0, False
     run.sync()
     t0 = time.perf_counter()
@@ -1375,39 +1363,33 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
             raise ConfigError(f"{error}; {save_stopped_run(hp, run, 'interrupted', ema.weights(model), raw)}") from None
         step += 1
         elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-        if step % hp.train_log_every == 0 or step == hp.iterations:
-            run.log(f"step:{step}/{hp.iterations} train_loss:{loss.item():.4f} train_time:{elapsed_ms:.0f}ms "
+        if step % hp.train_log_every == 0 or step == hp.iterations:  # the loss of the whole batch, every rank's share
+            mean_loss = run.all_reduce(loss.clone()).item() / run.world_size
+            run.log(f"step:{step}/{hp.iterations} train_loss:{mean_loss:.4f} train_time:{elapsed_ms:.0f}ms "
                     f"step_avg:{elapsed_ms / step:.2f}ms")
         # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a non-finite loss, so
-        # they stop at the same step, and whether QAT is due, so they start it together. The answer is read a step late, while
-        # the GPU runs the next one (so time counts two steps ahead); at once when the EMA is due, as it may take in weights
-        # only once every loss before them is known to be finite.
-        time_frac = elapsed_ms * (step + 2) / step / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
+        # they stop at the same step, and whether QAT is due, so they start it together. Time looks a step ahead, so that
+        # training ends before its limit, not a step after it.
+        time_frac = elapsed_ms * (step + 1) / step / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
         flags = torch.tensor([time_frac >= 1, bool(STOP.name), max(time_frac, step / hp.iterations) >= hp.qat_start_frac], device=run.device)
         flags = run.all_reduce(torch.cat((flags, ~torch.isfinite(loss).view(1))).int(), dist.ReduceOp.MAX)
-        posted.append((step, read_later(flags, run.device)))
-        ema_due, stopping = step % hp.ema_every == 0 or step == hp.iterations, False
-        while len(posted) > (0 if ema_due else 1):
-            at, read = posted.pop(0)
-            out_of_time, signalled, qat_due, nonfinite = read()
-            if qat_due and hp.qat_start_frac < 1 and not qat_on:
-                qat_on = True
-                set_qat(model, True)
-                run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 grid")
-            if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
-                saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=at - 1))
-                # unless the weights it took in at the step before had already overflowed while the loss had not
-                if not all(t.isfinite().all() for t in ema.shadow.values()):
-                    saved += " (WARNING: the EMA is not finite either)"
-                raise RunStopped(f"train_loss is not finite at step {at}; {saved}", exit_code=3)
-            if signalled:
-                raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-                saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
-                raise RunStopped(f"{STOP.name or 'a signal to another rank'} at step {step}: training stopped; "
-                                 f"{saved}", exit_code=0)
-            stopping |= bool(out_of_time)
+        out_of_time, signalled, qat_due, nonfinite = flags.tolist()
+        if qat_due and hp.qat_start_frac < 1 and not qat_on:
+            qat_on = True
+            set_qat(model, True)
+            run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 grid")
+        if nonfinite:  # the weights are spoilt; the EMA, not yet updated with them, is the last good state
+            saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), dict(ema=ema.shadow, step=step - 1))
+            # unless the weights it took in at the step before had already overflowed while the loss had not
+            if not all(t.isfinite().all() for t in ema.shadow.values()):
+                saved += " (WARNING: the EMA is not finite either)"
+            raise RunStopped(f"train_loss is not finite at step {step}; {saved}", exit_code=3)
         ema.update(model, step)
-        if stopping:
+        if signalled:
+            raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
+            saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
+            raise RunStopped(f"{STOP.name or 'a signal to another rank'} at step {step}: training stopped; {saved}", exit_code=0)
+        if out_of_time:
             run.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{hp.iterations}")
             break
     run.sync()

@@ -1,6 +1,7 @@
 """train_gpt.py when something goes wrong: bad input fails fast in one line, faults keep the weights, ranks agree."""
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -239,6 +240,10 @@ def test_two_processes_score_as_one(tmp_path_factory, dataset, tokenizer_path):
     assert single.returncode == 0, single.stderr[-2000:]
     assert double.returncode == 0, double.stderr[-3000:]  # includes: every rank's weights agree after training and TTT
     assert "world_size:2 grad_accum_steps:1" in double.stdout
+    for when in ("after training", "after TTT"):
+        assert f"ranks_agree {when}: " in double.stdout
+    logged = [re.findall(r"^step:\d+/\d+ train_loss:(\S+)", out.stdout, re.M) for out in (single, double)]
+    assert len(logged[0]) >= 3 and [float(v) for v in logged[1]] == pytest.approx([float(v) for v in logged[0]], abs=2e-4)
     for prefix in ("final_int8_zstd_roundtrip_exact", "legal_ttt_exact"):
         assert float(final_line(double.stdout, prefix)["val_bpb"]) == pytest.approx(
             float(final_line(single.stdout, prefix)["val_bpb"]), rel=1e-4), prefix

@@ -1,0 +1,21 @@
+"""benchmark.py's own arithmetic (its timings need a GPU)."""
+import pytest
+
+import benchmark
+
+
+def test_communication_overlap_counts_only_the_time_beside_compute():
+    kernels = [(0, 10, "gemm"), (5, 20, "triton_fused"), (30, 40, "gemm"),  # compute: 0-20 and 30-40
+               (15, 35, "ncclDevKernel_AllReduce_Sum_f32(...)"),  # 5 beside compute, 10 alone, 5 beside
+               (50, 60, "ncclDevKernel_AllReduce_Sum_bf16(...)")]  # alone
+    line = benchmark.communication_overlap(kernels, steps=1)
+    assert "2 NCCL kernels per step, 0.03 ms per step" in line
+    assert "0.01 ms ran beside compute (hidden) and 0.02 ms did not (exposed)" in line
+    assert "ncclDevKernel_AllReduce_Sum_bf16, ncclDevKernel_AllReduce_Sum_f32" in line
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_communication_overlap_is_per_step(steps):
+    kernels = [(0, 1000, "gemm"), (0, 2000, "nccl_allreduce")]
+    line = benchmark.communication_overlap(kernels, steps=steps)
+    assert f"{1.0 / steps:.2f} ms ran beside compute" in line
