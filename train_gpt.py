@@ -721,8 +721,10 @@ class SmearGate(nn.Module):
 
 
 def channel_major_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """(out, in) @ (b, in, l) -> (b, out, l) in one batched matmul (torch.matmul would make it token-major, then transpose)."""
-    return torch.bmm(weight.to(x.dtype).expand(x.size(0), -1, -1), x)
+    """(out, in) @ (b, in, l) -> (b, out, l) as one matmul over all b*l positions, laid out (out, b, l): positions stay
+    contiguous, as the scan reads them. Free when x is such a view or a token-major tensor's transpose."""
+    b, i, l = x.shape
+    return (weight.to(x.dtype) @ x.transpose(0, 1).reshape(i, b * l)).view(-1, b, l).transpose(0, 1)
 
 
 class HymbaMixer(nn.Module):

@@ -74,13 +74,14 @@ AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 Z
 EQ="TRAIN_BATCH_TOKENS=131072 ITERATIONS=200 WARMDOWN_ITERS=200 EMA_DECAY=0.95 EMA_EVERY=1 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=10 SEED=7"
 # scaling: the record's per-GPU shape (2 x 32,768 tokens, one micro-step) on 1 GPU, then on 2
 SCALE="ITERATIONS=300 WARMDOWN_ITERS=300 TTT_ENABLED=0 ZSTD_LEVEL=3"
-BENCH="benchmark.py --warmup 3 --iters 10 --train-only"
+BENCH="benchmark.py --warmup 3 --iters 10 --train-only --json benchmark.json"
 SG=/tmp/variants/single_gemm_mamba/train_gpt.py
 BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start of the fourth session (919b703)
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
-  # --- fifth session (one H200: the two-GPU kind was no longer lent when asked) ---
+  # --- fifth session (one H200: the two-GPU kind was no longer lent when asked), run at e028bd3, whose
+  # measurements/variants/single_gemm_mamba.py wrote $SG (train_gpt.py since); loop_late_read_e31acc3 was skipped ---
   "bench|0|$BENCH --profile"
   "bench_text|0|after:bench $BENCH --tokens-from $DATA/fineweb_train_000000.bin"
   "bench_single_gemm|0|after:bench_text /tmp/variants/single_gemm_mamba/$BENCH"
@@ -92,6 +93,12 @@ JOBS=(
   "row_all_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear,fp32"
   "row_none_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"
   "row_fp32_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=fp32"
+  # --- ready for the next session: PR #599's initialisation rows one at a time, and all of them without fp32 ---
+  "row_dt_seed1337|0|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
+  "row_ortho_seed1337|0|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
+  "row_scales_seed1337|0|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
+  "row_smear_seed1337|0|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
+  "row_init_seed1337|0|measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear"
   # --- ready for two GPUs (issue 13; ONLY="eq_* scale_* bench_2gpu"): equality, scaling, the communication's profile ---
   "eq_1gpu_a|1|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
   "eq_1gpu_b|0|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"

@@ -198,6 +198,15 @@ def test_model_traces_as_one_graph_with_the_scan_operator(monkeypatch):
     assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
 
 
+def test_channel_major_linear_is_the_token_major_product_transposed():
+    """One matmul over all positions; the result is (b, out, l) with positions contiguous, as the scan reads them."""
+    weight, tokens = torch.randn(6, 4, dtype=torch.float64), torch.randn(3, 5, 4, dtype=torch.float64)
+    for x in (tokens.mT, tokens.mT.contiguous()):  # as the block gives it (a transpose), or already channel-major
+        out = tg.channel_major_linear(weight, x)
+        assert out.shape == (3, 6, 5) and out.stride(-1) == 1
+        assert torch.allclose(out, (tokens @ weight.T).mT, rtol=1e-12, atol=1e-12)
+
+
 def test_causal_conv_is_causal_depthwise():
     torch.manual_seed(0)
     x, w, bias = torch.randn(2, 3, 10, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(3, dtype=torch.float64)
