@@ -94,8 +94,9 @@ JOBS=(
   "row_none_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"
   "row_fp32_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=fp32"
   # --- ready for the next session: a long benchmark, then PR #599's initialisation rows one at a time and all of them
-  # without fp32 (ONLY="bench_long row_dt_* row_ortho_* row_scales_* row_smear_* row_init_*") ---
+  # without fp32 (ONLY="bench_long row_base_* row_dt_* row_ortho_* row_scales_* row_smear_* row_init_*") ---
   "bench_long|0|benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"  # the loop's extra 2 ms: clocks under a sustained load?
+  "row_base_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"  # the same lease's reference
   "row_dt_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
   "row_ortho_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
   "row_scales_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
