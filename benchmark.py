@@ -12,7 +12,8 @@ Under torchrun every GPU runs the record's per-GPU step with the model wrapped i
 it, and Muon shares its updates; rank 0 prints. --profile then also says how much of the communication
 kernels' time ran while compute kernels ran too (hidden) and how much did not (exposed).
 
-Times (median of CUDA-event timings after warm-up): the full training step (forward, backward, Muon
+Times (median of CUDA-event timings after warm-up; with --iters 50 or more, drift_ms also compares the
+last tenth of the timed steps with the first): the full training step (forward, backward, Muon
 and Adam, EMA amortised over EMA_EVERY), alone and back to back (queued with no sync between them), the TTT step (forward, backward, AdamW on this GPU's share of
 a chunk) and the scoring pass. Random tokens unless --tokens-from: the work per step is the same but for
 the embedding's backward, which sums the gradients of repeated tokens (real text repeats many).
@@ -49,7 +50,7 @@ class FixedBatch:
         return self.x, self.y
 
 
-def median_ms(fn, warmup: int, iters: int) -> float:
+def step_times_ms(fn, warmup: int, iters: int) -> list[float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -60,7 +61,20 @@ def median_ms(fn, warmup: int, iters: int) -> float:
         end.record()
         torch.cuda.synchronize()
         times.append(start.elapsed_time(end))
-    return statistics.median(times)
+    return times
+
+
+def median_ms(fn, warmup: int, iters: int) -> float:
+    return statistics.median(step_times_ms(fn, warmup, iters))
+
+
+def drift_ms(times: list[float]) -> float | None:
+    """The median of the last tenth of the timed steps less that of the first tenth (from 50 steps on): a GPU whose
+    clocks fall under a sustained load, as in a training run, shows it here and not in a short benchmark."""
+    if len(times) < 50:
+        return None
+    tenth = len(times) // 10
+    return round(statistics.median(times[-tenth:]) - statistics.median(times[:tenth]), 2)
 
 
 def back_to_back_ms(fn, iters: int) -> float:
@@ -179,7 +193,8 @@ def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: in
     train_step()  # the first step compiles
     torch.cuda.synchronize()
     first_step_s = time.perf_counter() - first
-    train_ms = median_ms(train_step, warmup, iters)
+    times = step_times_ms(train_step, warmup, iters)
+    train_ms = statistics.median(times)
     queued_ms = back_to_back_ms(train_step, iters)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
     if profile:
@@ -190,7 +205,7 @@ def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: in
     tokens = seqs * hp.train_seq_len
     step_ms = train_ms + ema_ms
     result = dict(world_size=run.world_size, backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
-                  back_to_back_ms=round(queued_ms + ema_ms, 2),
+                  back_to_back_ms=round(queued_ms + ema_ms, 2), drift_ms=drift_ms(times),
                   tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
                   mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
                   projected_steps_600s=int(600_000 / step_ms), ttt_step_ms=None, score_ms=None, projected_ttt_eval_s=None)

@@ -19,3 +19,9 @@ def test_communication_overlap_is_per_step(steps):
     kernels = [(0, 1000, "gemm"), (0, 2000, "nccl_allreduce")]
     line = benchmark.communication_overlap(kernels, steps=steps)
     assert f"{1.0 / steps:.2f} ms ran beside compute" in line
+
+
+def test_drift_is_the_last_tenth_against_the_first():
+    assert benchmark.drift_ms([10.0] * 49) is None  # too few steps to say
+    times = [10.0] * 10 + [11.0] * 80 + [12.5] * 10
+    assert benchmark.drift_ms(times) == 2.5
