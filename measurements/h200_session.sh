@@ -159,11 +159,14 @@ for job in "${JOBS[@]}"; do
       script=$1; shift; args=(); settings=()
       case "$script" in /*) ;; *) script=/tmp/repo/$script ;; esac
       for a in "$@"; do case "$a" in *=*) settings+=("$a") ;; *) args+=("$a") ;; esac; done
-      launch=(python3)
-      [ "$gpus" != "${gpus//,/}" ] && launch=(torchrun --standalone --nproc_per_node=$(( $(tr -cd , <<< "$gpus" | wc -c) + 1 )))
-      case "$script" in */benchmark.py) [ -n "${DRY_EXTRA:-}" ] && { echo "dry run: no benchmark on a CPU" > "$RES/$name/output.txt"; } ;; esac
-      [ -s "$RES/$name/output.txt" ] || env $COMMON "${settings[@]}" ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 \
-        "${launch[@]}" "$script" "${args[@]}" > "$RES/$name/output.txt" 2>&1
+      ids=(${gpus//,/ }); launch=(python3)
+      [ ${#ids[@]} -gt 1 ] && launch=(torchrun --standalone --nproc_per_node=${#ids[@]})
+      if [ -n "${DRY_EXTRA:-}" ] && [ "${script##*/}" = benchmark.py ]; then
+        echo "dry run: no benchmark on a CPU" > "$RES/$name/output.txt"
+      else
+        env $COMMON "${settings[@]}" ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 \
+          "${launch[@]}" "$script" "${args[@]}" > "$RES/$name/output.txt" 2>&1
+      fi
     fi
     rc=$?; echo $rc > "$RES/$name/rc"
     cp -r logs "$RES/$name/" 2>/dev/null; cp ./*.json "$RES/$name/" 2>/dev/null
