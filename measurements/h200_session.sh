@@ -32,6 +32,9 @@ if [ "${1:-}" = "wait" ]; then
   collect; exit 0
 fi
 if [ "${1:-}" = "start" ]; then
+  # a warm machine keeps the last call's driver, jobs and files: stop and remove them (their results went to $OUT)
+  pkill -f "h200_session.sh run"; pkill -f "/tmp/repo/|/tmp/variants/|tests/test_gpu.py"; sleep 2
+  rm -rf "$RES" /tmp/runs /tmp/repo /tmp/variants
   mkdir -p "$RES"; setsid nohup bash "$0" run > "$RES/driver.txt" 2>&1 < /dev/null &
   echo "started"; exit 0
 fi
@@ -54,18 +57,17 @@ done
 cd /tmp/repo
 if [ -z "${DRY_EXTRA:-}" ]; then
 python3 -m pip install -q --no-index --no-deps "$REPO"/.gpu/gpu/zstandard-*.whl
-say "building mamba-ssm (sm_90 only), timing FlexAttention's options meanwhile"
-mkdir -p /tmp/build && tar xzf "$REPO"/.gpu/gpu/mamba_ssm-*.tar.gz -C /tmp/build --strip-components=1
-sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]+"\)/cc_flag.pop()/' /tmp/build/setup.py
-(cd /tmp/build && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=$(nproc) python3 -m pip install --no-build-isolation --no-deps --no-index . \
-  > "$RES/mamba_build.txt" 2>&1; echo $? > "$RES/mamba_build_rc") &
-if selected flex_configs; then
-  python3 measurements/flex_configs.py --json "$RES/flex_configs.json" > "$RES/flex_configs.txt" 2>&1
-  say "flex_configs exit $?"; tail -n 2 "$RES/flex_configs.txt"
-fi
-wait
-say "mamba-ssm build exit $(cat "$RES/mamba_build_rc"): $(python3 -c 'import mamba_ssm; print(mamba_ssm.__version__)' 2>&1 | tail -1)"
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$RES/nvidia_smi.txt"
+if selected mamba_build; then  # only for A/B rows against the script before the Triton scan: jobs name after:mamba_build
+  say "building mamba-ssm (sm_90 only) in the background"
+  mkdir -p /tmp/build "$RES/mamba_build" && tar xzf "$REPO"/.gpu/gpu/mamba_ssm-*.tar.gz -C /tmp/build --strip-components=1
+  sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]+"\)/cc_flag.pop()/' /tmp/build/setup.py
+  (cd /tmp/build && MAMBA_FORCE_BUILD=TRUE MAX_JOBS=$(nproc) python3 -m pip install --no-build-isolation --no-deps --no-index . \
+    > "$RES/mamba_build/output.txt" 2>&1; echo $? > "$RES/mamba_build/rc"
+    say "mamba-ssm build exit $(cat "$RES/mamba_build/rc")") &
+fi
+elif selected mamba_build; then
+  mkdir -p "$RES/mamba_build" && echo "dry run: no build" > "$RES/mamba_build/rc"
 fi
 
 COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
@@ -76,10 +78,17 @@ EQ="TRAIN_BATCH_TOKENS=131072 ITERATIONS=200 WARMDOWN_ITERS=200 EMA_DECAY=0.95 E
 SCALE="ITERATIONS=300 WARMDOWN_ITERS=300 TTT_ENABLED=0 ZSTD_LEVEL=3"
 BENCH="benchmark.py --warmup 3 --iters 10 --train-only --json benchmark.json"
 SG=/tmp/variants/single_gemm_mamba/train_gpt.py
+MAMBA=/tmp/variants/mamba_ssm_e3225d5  # the script before the Triton scan (the fifth session's end), and benchmark.py
 BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start of the fourth session (919b703)
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
+  # --- sixth session (one H200): the Triton scan against mamba-ssm's, its launch settings, the same model ---
+  "scan_configs|0|measurements/scan_configs.py --json scan_configs.json"
+  "bench_triton|0|after:scan_configs $BENCH --profile"
+  "bench_mamba_ssm|0|after:bench_triton,mamba_build $MAMBA/$BENCH"
+  "gpu_tests|0|after:bench_triton pytest"
+  "scan_designs|0|measurements/scan_designs.py"
   # --- fifth session (one H200: the two-GPU kind was no longer lent when asked), run at e028bd3, whose
   # measurements/variants/single_gemm_mamba.py wrote $SG (train_gpt.py since); loop_late_read_e31acc3 was skipped ---
   "bench|0|$BENCH --profile"
@@ -89,7 +98,6 @@ JOBS=(
   "final1000_ttt|0|after:bench_no_qat_forward train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
   "final1000_single_gemm|0|after:final1000_ttt $SG ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
   "loop_late_read_e31acc3|0|after:final1000_single_gemm /tmp/variants/late_read_e31acc3/train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0"
-  "gpu_tests|0|trained:loop_late_read_e31acc3 pytest"
   "row_all_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear,fp32"
   "row_none_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"
   "row_fp32_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=fp32"
@@ -161,7 +169,7 @@ for job in "${JOBS[@]}"; do
       for a in "$@"; do case "$a" in *=*) settings+=("$a") ;; *) args+=("$a") ;; esac; done
       ids=(${gpus//,/ }); launch=(python3)
       [ ${#ids[@]} -gt 1 ] && launch=(torchrun --standalone --nproc_per_node=${#ids[@]})
-      if [ -n "${DRY_EXTRA:-}" ] && [ "${script##*/}" = benchmark.py ]; then
+      if [ -n "${DRY_EXTRA:-}" ] && [[ "${script##*/}" = benchmark.py || "${script##*/}" = *_configs.py || "${script##*/}" = scan_* ]]; then
         echo "dry run: no benchmark on a CPU" > "$RES/$name/output.txt"
       else
         env $COMMON "${settings[@]}" ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 \
