@@ -98,8 +98,7 @@ def flops_per_token(hp: tg.Hyperparameters, model: tg.HymbaGPT) -> float:
 
 
 KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
-    ("selective scan (Triton, or mamba-ssm before)", ("selective_scan", "_scan_chunks", "_carry_across_chunks", "_scan_output",
-                                                    "_scan_grads")),
+    ("selective scan (mamba-ssm)", ("selective_scan",)),
     ("attention (flex / flash)", ("flex", "flash", "fmha", "attention")),
     ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul", "_mm_")),
     ("compiled fused element-wise / reductions", ("triton_",)),

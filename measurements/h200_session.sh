@@ -58,7 +58,7 @@ cd /tmp/repo
 if [ -z "${DRY_EXTRA:-}" ]; then
 python3 -m pip install -q --no-index --no-deps "$REPO"/.gpu/gpu/zstandard-*.whl
 nvidia-smi --query-gpu=name,memory.used,memory.total,clocks.sm --format=csv > "$RES/nvidia_smi.txt"
-if selected mamba_build; then  # only for A/B rows against the script before the Triton scan: jobs name after:mamba_build
+if selected mamba_build; then  # in the background: jobs that train name after:mamba_build
   say "building mamba-ssm (sm_90 only) in the background"
   mkdir -p /tmp/build "$RES/mamba_build" && tar xzf "$REPO"/.gpu/gpu/mamba_ssm-*.tar.gz -C /tmp/build --strip-components=1
   sed -i -E 's/cc_flag\.append\("arch=compute_(1[0-9]{2}|[0-8][0-9]),code=sm_[0-9]+"\)/cc_flag.pop()/' /tmp/build/setup.py
@@ -70,7 +70,9 @@ elif selected mamba_build; then
   mkdir -p "$RES/mamba_build" && echo "dry run: no build" > "$RES/mamba_build/rc"
 fi
 
-COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0"
+# SCAN_BACKEND=mamba_ssm: a run fails at once where mamba-ssm did not build, rather than train on the reference scan
+# (as the sixth session's first row jobs did on a fresh machine, out of memory six at a time)
+COMMON="DATA_PATH=$DATA TOKENIZER_PATH=$TOK TRAIN_BATCH_TOKENS=65536 GRAD_ACCUM_STEPS=1 MAX_WALLCLOCK_SECONDS=0 SCAN_BACKEND=mamba_ssm"
 AB="ITERATIONS=285 WARMDOWN_ITERS=285 EMA_DECAY=0.95 EMA_EVERY=1 TTT_ENABLED=0 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=50"
 # multi-GPU equality: one global batch of 2 x 65,536 tokens, as 1 GPU x 2 micro-steps or 2 GPUs x 1 (README)
 EQ="TRAIN_BATCH_TOKENS=131072 ITERATIONS=200 WARMDOWN_ITERS=200 EMA_DECAY=0.95 EMA_EVERY=1 ZSTD_LEVEL=3 TRAIN_LOG_EVERY=10 SEED=7"
@@ -83,7 +85,8 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
-  # --- sixth session (one H200): the Triton scan against mamba-ssm's, its launch settings, the same model ---
+  # --- sixth session (one H200): the Triton scan (then in train_gpt.py, commit b7214cf; since measurements/triton_scan.py)
+  # against mamba-ssm's: its launch settings, its passes, the step, the GPU tests ---
   "scan_configs|0|measurements/scan_configs.py --json scan_configs.json"
   "bench_triton|0|after:scan_configs $BENCH --profile"
   "bench_mamba_ssm|0|after:bench_triton,mamba_build $MAMBA/$BENCH"
@@ -101,15 +104,16 @@ JOBS=(
   "row_all_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear,fp32"
   "row_none_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"
   "row_fp32_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=fp32"
-  # --- ready for the next session: a long benchmark, then PR #599's initialisation rows one at a time and all of them
-  # without fp32 (ONLY="bench_long row_base_* row_dt_* row_ortho_* row_scales_* row_smear_* row_init_*") ---
-  "bench_long|0|benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"  # the loop's extra 2 ms: clocks under a sustained load?
-  "row_base_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"  # the same lease's reference
-  "row_dt_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
-  "row_ortho_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
-  "row_scales_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
-  "row_smear_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
-  "row_init_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear"
+  # PR #599's initialisation rows one at a time at 285 steps, all four at 1,000 steps (against the fifth session's
+  # final1000_single_gemm, the same script and settings), side by side (ONLY="row_* init1000"): a quality question only
+  "row_base_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"  # the same lease's reference
+  "row_dt_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
+  "row_ortho_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
+  "row_scales_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
+  "row_smear_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
+  "init1000|0|after:mamba_build measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"
+  # --- ready: a long benchmark (the loop's extra 2 ms: the GPU's clocks under a sustained load?) ---
+  "bench_long|0|benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"
   # --- ready for two GPUs (issue 13; ONLY="eq_* scale_* bench_2gpu"): equality, scaling, the communication's profile ---
   "eq_1gpu_a|1|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
   "eq_1gpu_b|0|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
@@ -172,7 +176,7 @@ for job in "${JOBS[@]}"; do
       if [ -n "${DRY_EXTRA:-}" ] && [[ "${script##*/}" = benchmark.py || "${script##*/}" = *_configs.py || "${script##*/}" = scan_* ]]; then
         echo "dry run: no benchmark on a CPU" > "$RES/$name/output.txt"
       else
-        env $COMMON "${settings[@]}" ${DRY_EXTRA:-} RUN_ID="$name" PYTHONUNBUFFERED=1 \
+        env $COMMON "${settings[@]}" ${DRY_EXTRA:-} ${DRY_EXTRA:+SCAN_BACKEND=auto} RUN_ID="$name" PYTHONUNBUFFERED=1 \
           "${launch[@]}" "$script" "${args[@]}" > "$RES/$name/output.txt" 2>&1
       fi
     fi

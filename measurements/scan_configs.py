@@ -1,12 +1,12 @@
-"""Time train_gpt.py's Triton selective scan at the model's shape under several launch settings, and mamba-ssm's.
+"""Time the Triton selective scan (measurements/triton_scan.py) at the model's shape under several launch settings,
+and mamba-ssm's kernel as train_gpt.py calls it.
 
     python measurements/scan_configs.py [--json results.json]
 
 The shape is one H200's share of the record's step and one layer's scan: 2 sequences of 32,768 positions, 512
 channels, state 4, bf16 (A, D and the step-size bias fp32), z, B and C slices of wider tensors as the model passes
 them. Settings: block_d channels and `chunk` positions per program, `warps` per program. Each row is checked against
-the first (the script's defaults); mamba-ssm's kernel (if installed) is timed as the model called it until the
-sixth session. Times are per layer (the model runs 8), medians of CUDA-event timings after warm-up.
+the first (triton_scan's defaults); mamba-ssm's kernel (if installed) is timed through its own autograd wrapper. Times are per layer (the model runs 8), medians of CUDA-event timings after warm-up.
 """
 import argparse
 import itertools
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_gpt as tg  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 from benchmark import median_ms  # noqa: E402
+from triton_scan import selective_scan_triton  # noqa: E402
 
 BATCH, DIM, LENGTH, STATE = 2, 512, 32768, 4
 SETTINGS = [dict(block_d=8, chunk=64, warps=4)] + [dict(block_d=bd, chunk=c, warps=w) for bd, c, w in itertools.product(
@@ -36,7 +36,7 @@ def inputs():
 
 
 def mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias):
-    """mamba-ssm's kernel as the script called it (forward, and the backward through autograd)."""
+    """mamba-ssm's kernel with the arguments train_gpt.py gives it (forward, and the backward through autograd)."""
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     return selective_scan_fn(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, delta_softplus=True)
 
@@ -57,7 +57,7 @@ def main():
     leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs().items()}
     grad = torch.randn(BATCH, DIM, LENGTH, device="cuda", dtype=torch.bfloat16)
     rows, first = [], None
-    candidates = [(s, lambda s=s, **kw: tg.selective_scan_triton(**kw, **s)) for s in SETTINGS]
+    candidates = [(s, lambda s=s, **kw: selective_scan_triton(**kw, **s)) for s in SETTINGS]
     try:
         import mamba_ssm  # noqa: F401
         candidates.append(({"mamba_ssm": True}, mamba_ssm_scan))

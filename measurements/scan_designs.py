@@ -1,4 +1,4 @@
-"""Where the Triton scan's forward spends its time: each pass of train_gpt.py's kernels timed alone, against a plain
+"""Where the Triton scan's forward spends its time: each pass of measurements/triton_scan.py's kernels timed alone, against a plain
 copy with the same grid, and against variant designs of its passes (a probe, not a tool of the training run).
 
     python measurements/scan_designs.py
@@ -15,10 +15,10 @@ import torch
 import triton
 import triton.language as tl
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import train_gpt as tg  # noqa: E402
-from train_gpt import _chunk_index, _decays, _keep, _per_state, _rows, _then  # noqa: E402
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+import triton_scan as ts  # noqa: E402
 from benchmark import median_ms  # noqa: E402
+from triton_scan import _chunk_index, _decays, _per_state, _rows, _then  # noqa: E402
 
 BATCH, DIM, LENGTH, N = 2, 512, 32768, 4
 
@@ -107,11 +107,11 @@ def main():
     B, C = bc[:, :N], bc[:, N:]
     A = -torch.arange(1, N + 1, device=dev, dtype=torch.float32).repeat(DIM, 1)
     D, bias = torch.ones(DIM, device=dev), torch.rand(DIM, device=dev) * -3
-    reference = tg.selective_scan_triton(u, delta, A, B, C, D, z, bias)
+    reference = ts.selective_scan_triton(u, delta, A, B, C, D, z, bias)
     print("| BD | BT | warps | kernel | ms | rel. error of the output |")
     print("|---|---|---|---|---|---|")
     for bd, bt, warps in [(4, 128, 4), (8, 64, 4), (2, 256, 4), (4, 64, 2), (8, 128, 8), (2, 128, 2)]:
-        grid, strides = tg._scan_launch(u, delta, B, C, z, bd, bt)
+        grid, strides = ts._scan_launch(u, delta, B, C, z, bd, bt)
         chunks = grid[2]
         decay = torch.empty((BATCH, DIM, chunks, N), device=dev)
         state, start, out = torch.empty_like(decay), torch.empty_like(decay), torch.empty_like(u)
@@ -120,11 +120,11 @@ def main():
         error = lambda: ((out.float() - reference.float()).norm() / reference.float().norm()).item()
         try:
             row("copy (3 loads, 1 store)", lambda: copy_kernel[grid](u, delta, z, out, LENGTH, bd, bt, num_warps=warps))
-            row("pass 1 (scan)", lambda: tg._scan_chunks[grid](u, delta, A, B, bias, C, z, u, decay, state, *strides, False,
+            row("pass 1 (scan)", lambda: ts._scan_chunks[grid](u, delta, A, B, bias, C, z, u, decay, state, *strides, False,
                                                                 bd, bt, N, num_warps=warps))
-            row("pass 2", lambda: tg._carry_across_chunks[(BATCH * DIM,)](decay, state, start, chunks, False,
+            row("pass 2", lambda: ts._carry_across_chunks[(BATCH * DIM,)](decay, state, start, chunks, False,
                                                                           triton.next_power_of_2(chunks), N))
-            row("pass 3", lambda: tg._scan_output[grid](u, delta, A, B, bias, C, D, z, start, out, *strides, bd, bt, N,
+            row("pass 3", lambda: ts._scan_output[grid](u, delta, A, B, bias, C, D, z, start, out, *strides, bd, bt, N,
                                                         num_warps=warps), error)
             keep = state.clone()
             row("pass 1 by sums", lambda: chunk_ends_by_sum[grid](u, delta, A, B, bias, decay, state, *strides[:6], LENGTH,

@@ -40,32 +40,28 @@ def compare(fast_fn, ref_fn, inputs, what):
 B, T, DIM, INNER, N, HEADS, KV, HD, W = 2, 4096, 512, 512, 4, 8, 4, 64, 1024
 
 
-def scan_inputs(length=T):
+@cuda
+@needs("mamba_ssm")
+def test_mamba_ssm_scan_matches_reference():
     torch.manual_seed(0)
     dev = "cuda"
-    return dict(u=torch.randn(B, INNER, length, device=dev, dtype=torch.bfloat16),
-                delta=torch.randn(B, INNER, length, device=dev, dtype=torch.bfloat16) * 0.5 - 2,
-                A=-torch.arange(1, N + 1, device=dev, dtype=torch.float32).repeat(INNER, 1),
-                B=torch.randn(B, N, length, device=dev, dtype=torch.bfloat16),
-                C=torch.randn(B, N, length, device=dev, dtype=torch.bfloat16),
-                D=torch.ones(INNER, device=dev), z=torch.randn(B, INNER, length, device=dev, dtype=torch.bfloat16),
-                delta_bias=torch.rand(INNER, device=dev) * -3)
+    inputs = dict(u=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16),
+                  delta=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16) * 0.5 - 2,
+                  A=-torch.arange(1, N + 1, device=dev, dtype=torch.float32).repeat(INNER, 1),
+                  B=torch.randn(B, N, T, device=dev, dtype=torch.bfloat16),
+                  C=torch.randn(B, N, T, device=dev, dtype=torch.bfloat16),
+                  D=torch.ones(INNER, device=dev), z=torch.randn(B, INNER, T, device=dev, dtype=torch.bfloat16),
+                  delta_bias=torch.rand(INNER, device=dev) * -3)
+    compare(tg.selective_scan_mamba_ssm, tg.selective_scan_reference, inputs, "selective scan")
+    # the operator's declared output shapes, dtypes and strides against the kernel's, and its autograd
+    args = tuple(v.contiguous() for v in inputs.values())
+    torch.library.opcheck(tg.mamba_scan_forward, tuple(t.requires_grad_(t.is_floating_point()) for t in args),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
 @cuda
-@needs("triton")
-@pytest.mark.parametrize("length", [T, 1000])  # whole chunks, and a last chunk cut short
-def test_triton_scan_matches_reference(length):
-    inputs = scan_inputs(length)
-    compare(tg.selective_scan_triton, tg.selective_scan_reference, inputs, "selective scan")
-    # the operator's declared output shapes, dtypes and strides against the kernels', and its autograd
-    args = tuple(v.contiguous().requires_grad_(v.is_floating_point()) for v in inputs.values()) + (8, 64, 4)
-    torch.library.opcheck(tg.scan_forward, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-
-
-@cuda
-@needs("triton")
-def test_triton_scan_takes_slices():
+@needs("mamba_ssm")
+def test_mamba_ssm_scan_takes_slices():
     """The model passes z, B and C as slices of wider tensors (positions contiguous): as good as contiguous copies."""
     torch.manual_seed(0)
     u, delta = torch.randn(B, INNER, T, device="cuda", dtype=torch.bfloat16), torch.randn(B, INNER, T, device="cuda") - 2
@@ -77,7 +73,7 @@ def test_triton_scan_takes_slices():
         z, Bm, Cm = xz[:, INNER:], bc[:, :N], bc[:, N:]
         if copy:
             z, Bm, Cm = z.contiguous(), Bm.contiguous(), Cm.contiguous()
-        out = tg.selective_scan_triton(u, delta.bfloat16(), A, Bm, Cm, D, z, bias)
+        out = tg.selective_scan_mamba_ssm(u, delta.bfloat16(), A, Bm, Cm, D, z, bias)
         results.append((out, *torch.autograd.grad(out.float().sin().sum(), [xz, bc])))
     for name, sliced, copied in zip(("output", "gradient of xz", "gradient of B and C"), *results):
         err = (sliced.float() - copied.float()).norm() / copied.float().norm()
@@ -175,7 +171,7 @@ def test_full_model_fast_path_matches_reference():
 
 
 @cuda
-@needs("triton")
+@needs("mamba_ssm")
 def test_compiled_model_breaks_only_to_make_the_attention_mask():
     """The kernels are nodes of one compiled graph; only FlexAttention's block mask is made outside it."""
     hp = tg.Hyperparameters(train_seq_len=T)
