@@ -1,20 +1,21 @@
 #!/usr/bin/env bash
-# One lease of an H200 machine (one GPU or several), end to end, as run for the figures in README.md (fifth session,
+# One lease of an H200 machine (one GPU or several), end to end, as run for the figures in README.md (sixth session,
 # 2026-11-29, on one H200; earlier sessions' jobs below; the two-GPU jobs are ready, not yet run).
 #
 # Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
 # devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
 # and variants/NAME.py (earlier versions of train_gpt.py, run as /tmp/variants/NAME/train_gpt.py); candidate versions
 # are written there from this train_gpt.py by measurements/variants/NAME.py, each with benchmark.py beside it.
-#   bash measurements/h200_session.sh start    # detached: build, then the jobs
+#   bash measurements/h200_session.sh start    # detached: the jobs (a warm machine's last ones are stopped first)
 #   bash measurements/h200_session.sh wait N   # wait up to N seconds, print progress, copy results to $OUT
-# mamba-ssm builds while FlexAttention's kernel options are timed (flex_configs; that needs no mamba-ssm); then every
-# job of the table below starts at once, and waits for the jobs it names. A job names the GPUs it runs on: one
-# ("0") runs with CUDA_VISIBLE_DEVICES set to it, several ("0,1") through torchrun, one process per GPU. Timing jobs
-# wait for whatever else would share their GPU. Results gather in /tmp/res (a folder per job: console output, log,
-# JSON; no weights). A file $RES/NAME/skip written before job NAME starts skips it. DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no
-# benchmark (they need a GPU), and those settings appended to every run. ONLY="eq_* gpu_tests" runs only the
-# jobs whose names match; a job that waits for another needs that one in the list.
+# Every job of the table below starts at once, and waits for the jobs it names; mamba_build (in ONLY) builds mamba-ssm
+# in the background, and every job that trains or benchmarks waits for it (after:mamba_build). A job names the GPUs
+# it runs on: one ("0") runs with CUDA_VISIBLE_DEVICES set to it, several ("0,1") through torchrun, one process per
+# GPU. Timing jobs wait for whatever else would share their GPU. Results gather in /tmp/res (a folder per job:
+# console output, log, JSON; no weights). A file $RES/NAME/skip written before job NAME starts skips it.
+# DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark or kernel
+# timing (they need a GPU), and those settings appended to every run. ONLY="mamba_build eq_* gpu_tests" runs only
+# the jobs whose names match; a job that waits for another needs that one in the list.
 set -u
 REPO=$(pwd)
 RES=/tmp/res
@@ -113,10 +114,11 @@ JOBS=(
   "row_smear_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
   "init1000|0|after:mamba_build measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"
   # --- ready: a long benchmark (the loop's extra 2 ms: the GPU's clocks under a sustained load?) ---
-  "bench_long|0|benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"
-  # --- ready for two GPUs (issue 13; ONLY="eq_* scale_* bench_2gpu"): equality, scaling, the communication's profile ---
-  "eq_1gpu_a|1|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
-  "eq_1gpu_b|0|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "bench_long|0|after:mamba_build benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"
+  "flex_configs|0|measurements/flex_configs.py --json flex_configs.json"  # FlexAttention alone: needs no mamba-ssm
+  # --- ready for two GPUs (issue 13; ONLY="mamba_build eq_* scale_* bench_2gpu"): equality, scaling, the communication's profile ---
+  "eq_1gpu_a|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "eq_1gpu_b|0|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
   "eq_2gpu|0,1|after:eq_1gpu_a,eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1"
   "scale_1gpu|0|after:eq_2gpu train_gpt.py $SCALE"
   "scale_2gpu|0,1|after:scale_1gpu train_gpt.py $SCALE TRAIN_BATCH_TOKENS=131072"
