@@ -105,16 +105,18 @@ JOBS=(
   "row_all_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho,scales,dt,smear,fp32"
   "row_none_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"
   "row_fp32_seed1337|0|trained:loop_late_read_e31acc3 measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=fp32"
-  # PR #599's initialisation rows one at a time at 285 steps, all four at 1,000 steps (against the fifth session's
-  # final1000_single_gemm, the same script and settings), side by side (ONLY="row_* init1000"): a quality question only
+  # PR #599's init rows one at a time at 285 steps, three side by side (the sixth session's last call; ONLY="mamba_build
+  # row_base_seed1337 row_dt_seed1337 row_ortho_seed1337")
   "row_base_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"  # the same lease's reference
   "row_dt_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
   "row_ortho_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
-  "row_scales_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
-  "row_smear_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
-  "init1000|0|after:mamba_build measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"
-  # --- ready: a long benchmark (the loop's extra 2 ms: the GPU's clocks under a sustained load?) ---
+  # --- ready for the next lease (ONLY="mamba_build bench_long row_scales_* row_smear_* init1000"): a long benchmark
+  # alone (the loop's extra 2 ms: the GPU's clocks under a sustained load?), then the two init rows left and all four
+  # at 1,000 steps (against the fifth session's final1000_single_gemm: the same script and settings) side by side ---
   "bench_long|0|after:mamba_build benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"
+  "row_scales_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
+  "row_smear_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
+  "init1000|0|after:bench_long measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"
   "flex_configs|0|measurements/flex_configs.py --json flex_configs.json"  # FlexAttention alone: needs no mamba-ssm
   # --- ready for two GPUs (issue 13; ONLY="mamba_build eq_* scale_* bench_2gpu"): equality, scaling, the communication's profile ---
   "eq_1gpu_a|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
