@@ -5,6 +5,7 @@
     python benchmark.py --profile       # and print the CUDA kernels that take the training step's time
     python benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
     python benchmark.py --compile-mode reduce-overhead          # the model compiled in another mode (CUDA graphs)
+    python benchmark.py --inductor coordinate_descent_tuning=True   # with a torch._inductor.config setting (repeatable)
     python benchmark.py --tokens-from DIR/fineweb_train_000000.bin   # a batch of real text, not random tokens
     torchrun --standalone --nproc_per_node=2 benchmark.py --train-only --profile   # each GPU this shape, gradients shared
 
@@ -21,6 +22,7 @@ On one GPU, communication is not measured; the projections assume every GPU does
 """
 
 import argparse
+import ast
 import dataclasses
 import functools
 import json
@@ -88,6 +90,22 @@ def back_to_back_ms(fn, iters: int) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters
+
+
+def inductor_settings(pairs: list[str]) -> dict:
+    """NAME=VALUE pairs as torch._inductor.config settings: VALUE a Python literal (True, 4, "x") or else a string.
+    A NAME that config does not have is an error, not a silently ignored typo."""
+    import torch._inductor.config as config
+    settings = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not hasattr(config, name):
+            raise SystemExit(f"--inductor {pair}: not NAME=VALUE with NAME a torch._inductor.config setting")
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[name] = value
+    return settings
 
 
 def flops_per_token(hp: tg.Hyperparameters, model: tg.HymbaGPT) -> float:
@@ -249,9 +267,13 @@ def main():
                         "uniformly random tokens)")
     parser.add_argument("--compile-mode", help="torch.compile's mode for the model, e.g. reduce-overhead (CUDA graphs); "
                         "train_gpt.py uses the default")
+    parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE", help="a torch._inductor.config "
+                        "setting for this run (a Python literal, else a string), e.g. coordinate_descent_tuning=True")
     parser.add_argument("--flex-options", help="JSON kernel_options for FlexAttention, to try options that "
                         "measurements/flex_configs.py found, instead of train_gpt.py's own")
     args = parser.parse_args()
+    for name, value in inductor_settings(args.inductor).items():
+        setattr(torch._inductor.config, name, value)
     if args.flex_options:
         flex, options = tg.compiled_flex_attention(), json.loads(args.flex_options)
         tg.compiled_flex_attention = lambda: functools.partial(flex, kernel_options=options)
@@ -295,7 +317,8 @@ def main():
     print(f"\n{torch.cuda.get_device_name()}, torch {torch.__version__}, {args.seqs}x{hp.train_seq_len} tokens per step"
           + (f" on each of {run.world_size} GPUs (DDP)" if run.world_size > 1 else "")
           + (f", FlexAttention kernel_options {args.flex_options}" if args.flex_options else "")
-          + (f", compile mode {args.compile_mode}" if args.compile_mode else ""))
+          + (f", compile mode {args.compile_mode}" if args.compile_mode else "")
+          + (f", inductor {' '.join(args.inductor)}" if args.inductor else ""))
     header = ("| scan | attn | compile | first step s | train step ms | back to back ms | tokens/s | peak GiB | MFU | TTT step ms | "
               "score ms | steps in 600 s | TTT eval s (8 GPUs) |")
     print(header)

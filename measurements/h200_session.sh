@@ -15,7 +15,7 @@
 # console output, log, JSON; no weights). A file $RES/NAME/skip written before job NAME starts skips it.
 # DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark or kernel
 # timing (they need a GPU), and those settings appended to every run. ONLY="mamba_build eq_* gpu_tests" runs only
-# the jobs whose names match; a job that waits for another needs that one in the list.
+# the jobs whose names match; a job waits only for the jobs it names that ONLY selects.
 set -u
 REPO=$(pwd)
 RES=/tmp/res
@@ -110,13 +110,18 @@ JOBS=(
   "row_base_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"  # the same lease's reference
   "row_dt_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
   "row_ortho_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
-  # --- ready for the next lease (ONLY="mamba_build bench_long row_scales_* row_smear_* init1000"): a long benchmark
-  # alone (the loop's extra 2 ms: the GPU's clocks under a sustained load?), then the two init rows left and all four
-  # at 1,000 steps (against the fifth session's final1000_single_gemm: the same script and settings) side by side ---
+  # --- ready for the next lease, one chain, any part of it (ONLY="mamba_build bench_long bench_cdt bench_autotune
+  # row_scales_* row_smear_* init1000"):
+  # benchmarks alone: 500 steps (the loop's extra 2 ms: the GPU's clocks under a sustained load?), Inductor tuning its
+  # element-wise kernels' launch settings, and Triton matmul templates that can take the element-wise work into their
+  # epilogues (its compile may take many minutes); then the two init rows left, and all four at 1,000 steps (against
+  # the fifth session's final1000_single_gemm: the same script and settings), side by side ---
   "bench_long|0|after:mamba_build benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"
-  "row_scales_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
-  "row_smear_seed1337|0|after:bench_long measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
-  "init1000|0|after:bench_long measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"
+  "bench_cdt|0|after:bench_long $BENCH --inductor coordinate_descent_tuning=True"
+  "bench_autotune|0|after:bench_cdt $BENCH --compile-mode max-autotune-no-cudagraphs"
+  "row_scales_seed1337|0|after:mamba_build,bench_autotune measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
+  "row_smear_seed1337|0|after:mamba_build,bench_autotune measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
+  "init1000|0|after:mamba_build,bench_autotune measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"
   "flex_configs|0|measurements/flex_configs.py --json flex_configs.json"  # FlexAttention alone: needs no mamba-ssm
   # --- ready for two GPUs (issue 13; ONLY="mamba_build eq_* scale_* bench_2gpu"): equality, scaling, the communication's profile ---
   "eq_1gpu_a|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
@@ -149,6 +154,7 @@ JOBS=(
 ended() {  # ended A,B (after:) or trained A,B (trained:): whether each of those jobs has got that far
   local name
   for name in ${2//,/ }; do
+    selected "$name" || continue  # not asked for in ONLY: nothing to wait for
     [ -f "$RES/$name/rc" ] && continue
     [ "$1" = trained ] && grep -q "^training done" "$RES/$name/output.txt" 2>/dev/null && continue
     return 1

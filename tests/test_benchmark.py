@@ -25,3 +25,11 @@ def test_drift_is_the_last_tenth_against_the_first():
     assert benchmark.drift_ms([10.0] * 49) is None  # too few steps to say
     times = [10.0] * 10 + [11.0] * 80 + [12.5] * 10
     assert benchmark.drift_ms(times) == 2.5
+
+
+def test_inductor_settings_parse_literals_and_refuse_unknown_names():
+    assert benchmark.inductor_settings(["coordinate_descent_tuning=True", "max_autotune_gemm_backends=TRITON"]) == {
+        "coordinate_descent_tuning": True, "max_autotune_gemm_backends": "TRITON"}
+    for bad in ("coordinate_descent_tunning=True", "coordinate_descent_tuning"):
+        with pytest.raises(SystemExit):
+            benchmark.inductor_settings([bad])
