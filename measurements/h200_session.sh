@@ -14,8 +14,9 @@
 # GPU. Timing jobs wait for whatever else would share their GPU. Results gather in /tmp/res (a folder per job:
 # console output, log, JSON; no weights). A file $RES/NAME/skip written before job NAME starts skips it.
 # DRY_EXTRA="NUM_LAYERS=2 MODEL_DIM=32 ..." checks the driver itself on a CPU: no build, no benchmark or kernel
-# timing (they need a GPU), and those settings appended to every run (measurements/dry_run.sh sets it up). ONLY="mamba_build eq_* gpu_tests" runs only
-# the jobs whose names match; a job waits only for the jobs it names that ONLY selects.
+# timing (they need a GPU), and those settings appended to every run (measurements/dry_run.sh sets it up).
+# ONLY="mamba_build eq_* gpu_tests" runs only the jobs whose names match; a job waits only for the jobs it names that
+# ONLY selects.
 set -u
 REPO=$(pwd)
 RES=/tmp/res

@@ -3,7 +3,7 @@ copy with the same grid, and against variant designs of its passes (a probe, not
 
     python measurements/scan_designs.py
 
-Shape: one layer's scan at the record's per-GPU step (2 x 512 channels x 32,768 positions, state 4, bf16 inputs).
+Inputs: scan_configs.py's (one layer's scan at the record's per-GPU step, z, B and C sliced as the model passes them).
 Variants: pass 1 without a scan (a chunk's end state is sum_t dt_t B_t u_t exp(A (T_end - T_t)) with T the running
 sum of dt: exponents <= 0, so stable), pass 3 with the (channel, state) pairs as rows of a 2-D tile, and pass 3
 looping over several chunks per program with the state carried in registers.
@@ -18,9 +18,8 @@ import triton.language as tl
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import triton_scan as ts  # noqa: E402
 from benchmark import median_ms  # noqa: E402
+from scan_configs import BATCH, DIM, LENGTH, STATE as N, inputs  # noqa: E402
 from triton_scan import _chunk_index, _decays, _per_state, _rows, _then  # noqa: E402
-
-BATCH, DIM, LENGTH, N = 2, 512, 32768, 4
 
 
 @triton.jit
@@ -99,21 +98,14 @@ def output_looped(u_ptr, delta_ptr, A_ptr, B_ptr, bias_ptr, C_ptr, D_ptr, z_ptr,
 
 
 def main():
-    torch.manual_seed(0)
-    dev, bf16 = "cuda", torch.bfloat16
-    u, z = (torch.randn(BATCH, DIM, LENGTH, device=dev, dtype=bf16) for _ in range(2))
-    delta = (torch.randn(BATCH, DIM, LENGTH, device=dev) * 0.5 - 2).to(bf16)
-    bc = torch.randn(BATCH, 2 * N, LENGTH, device=dev, dtype=bf16)
-    B, C = bc[:, :N], bc[:, N:]
-    A = -torch.arange(1, N + 1, device=dev, dtype=torch.float32).repeat(DIM, 1)
-    D, bias = torch.ones(DIM, device=dev), torch.rand(DIM, device=dev) * -3
+    u, delta, A, B, C, D, z, bias = inputs().values()  # scan_configs.py's: the same shape and slices
     reference = ts.selective_scan_triton(u, delta, A, B, C, D, z, bias)
     print("| BD | BT | warps | kernel | ms | rel. error of the output |")
     print("|---|---|---|---|---|---|")
     for bd, bt, warps in [(4, 128, 4), (8, 64, 4), (2, 256, 4), (4, 64, 2), (8, 128, 8), (2, 128, 2)]:
         grid, strides = ts._scan_launch(u, delta, B, C, z, bd, bt)
         chunks = grid[2]
-        decay = torch.empty((BATCH, DIM, chunks, N), device=dev)
+        decay = torch.empty((BATCH, DIM, chunks, N), device=u.device)
         state, start, out = torch.empty_like(decay), torch.empty_like(decay), torch.empty_like(u)
         row = lambda name, fn, check=None: print(f"| {bd} | {bt} | {warps} | {name} | {median_ms(fn, 3, 20):.3f} | "
                                                  f"{'' if check is None else f'{check():.2e}'} |", flush=True)
