@@ -152,7 +152,7 @@ def communication_overlap(kernels: list[tuple[float, float, str]], steps: int) -
             f"(exposed); kernels: {', '.join(names)}")
 
 
-def profile_train_step(train_step, steps: int = 3) -> str:
+def profile_train_step(train_step, steps: int = 3, rows: int = 30) -> str:
     """The kernels that take the step's GPU time, grouped, and how much of the step the GPU is busy; on several GPUs,
     how much of the communication hides behind compute."""
     from torch.profiler import ProfilerActivity, profile
@@ -180,11 +180,11 @@ def profile_train_step(train_step, steps: int = 3) -> str:
     if "communication" in groups:
         lines.append(communication_overlap(kernel_intervals(prof), steps))
     lines.append("")
-    lines.append(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30, max_name_column_width=70))
+    lines.append(prof.key_averages().table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=70))
     return "\n".join(lines)
 
 
-def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: int, profile: bool = False,
+def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: int, profile_rows: int = 0,
           train_only: bool = False, shard: str | None = None) -> dict:
     device = run.device
     torch.manual_seed(0)
@@ -215,8 +215,8 @@ def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: in
     train_ms = statistics.median(times)
     queued_ms = back_to_back_ms(train_step, iters)
     peak_gib = torch.cuda.max_memory_allocated() / 2**30
-    if profile:
-        report = profile_train_step(train_step)
+    if profile_rows:  # 0: no profile
+        report = profile_train_step(train_step, rows=profile_rows)
         if run.rank == 0:
             print(report, flush=True)
     ema_ms = median_ms(lambda: ema.update(model, 1), 2, 5) / max(hp.ema_every, 1)
@@ -261,6 +261,7 @@ def main():
     parser.add_argument("--iters", type=int, default=15)
     parser.add_argument("--ablate", action="store_true", help="also time with each fast backend switched off")
     parser.add_argument("--profile", action="store_true", help="print where the first configuration's step goes")
+    parser.add_argument("--profile-rows", type=int, default=30, help="the profile's table: this many busiest kernels")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--train-only", action="store_true", help="time the training step only (no TTT step, no scoring)")
     parser.add_argument("--tokens-from", metavar="SHARD", help="a train shard whose first tokens are the batch (default: "
@@ -301,7 +302,7 @@ def main():
             configs.append(dataclasses.replace(hp, compile=False))
     rows = []
     for i, config in enumerate(configs):
-        result = bench(dataclasses.replace(config), run, args.seqs, args.warmup, args.iters, args.profile and i == 0,
+        result = bench(dataclasses.replace(config), run, args.seqs, args.warmup, args.iters, args.profile_rows if args.profile and i == 0 else 0,
                        args.train_only or run.world_size > 1, args.tokens_from)  # TTT and scoring: one GPU's work
         rows.append(result)
         run.log(json.dumps(result))

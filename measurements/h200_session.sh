@@ -87,6 +87,13 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
+  # --- seventh session (one H200): mamba-ssm's scan with B and C in groups (its backward's atomics), the step's
+  # kernels in full, Inductor's tuning ---
+  "scan_groups|0|after:mamba_build measurements/scan_groups.py --json scan_groups.json"
+  "bench_profile|0|after:scan_groups $BENCH --profile --profile-rows 200"
+  "bench_groups8|0|after:bench_profile /tmp/variants/scan_groups/$BENCH SCAN_GROUPS=8"
+  "bench_groups32|0|after:bench_groups8 /tmp/variants/scan_groups/$BENCH SCAN_GROUPS=32"
+  "bench_cdt7|0|after:bench_groups32 $BENCH --inductor coordinate_descent_tuning=True"
   # --- sixth session (one H200): the Triton scan (then in train_gpt.py, commit b7214cf; since measurements/triton_scan.py)
   # against mamba-ssm's: its launch settings, its passes, the step, the GPU tests ---
   "scan_configs|0|measurements/scan_configs.py --json scan_configs.json"
