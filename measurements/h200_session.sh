@@ -91,9 +91,15 @@ JOBS=(
   # kernels in full, Inductor's tuning ---
   "scan_groups|0|after:mamba_build measurements/scan_groups.py --json scan_groups.json"
   "bench_profile|0|after:scan_groups $BENCH --profile --profile-rows 200"
-  "bench_groups8|0|after:bench_profile /tmp/variants/scan_groups/$BENCH SCAN_GROUPS=8"
-  "bench_groups32|0|after:bench_groups8 /tmp/variants/scan_groups/$BENCH SCAN_GROUPS=32"
-  "bench_cdt7|0|after:bench_groups32 $BENCH --inductor coordinate_descent_tuning=True"
+  # (scan_groups: no gain, so its variant was dropped; bench_cdt7 failed, the driver then took its argument for a setting)
+  # the causal convolution as Triton kernels: their tile settings (needs no mamba-ssm: runs during the build), the step
+  # before (e3225d5) and after, the GPU tests, then Inductor's tuning on top
+  "conv_configs|0|measurements/conv_configs.py --json conv_configs.json"
+  "bench_base|0|after:mamba_build,conv_configs $MAMBA/$BENCH"
+  "bench_conv|0|after:mamba_build,bench_base $BENCH --profile --profile-rows 200"
+  "gpu_tests7|0|after:bench_conv pytest"
+  "bench_cdt7|0|after:gpu_tests7 $BENCH --inductor coordinate_descent_tuning=True"
+  "bench_autotune7|0|after:bench_cdt7 $BENCH --compile-mode max-autotune-no-cudagraphs"
   # --- sixth session (one H200): the Triton scan (then in train_gpt.py, commit b7214cf; since measurements/triton_scan.py)
   # against mamba-ssm's: its launch settings, its passes, the step, the GPU tests ---
   "scan_configs|0|measurements/scan_configs.py --json scan_configs.json"
@@ -188,7 +194,9 @@ for job in "${JOBS[@]}"; do
     else
       script=$1; shift; args=(); settings=()
       case "$script" in /*) ;; *) script=/tmp/repo/$script ;; esac
-      for a in "$@"; do case "$a" in *=*) settings+=("$a") ;; *) args+=("$a") ;; esac; done
+      for a in "$@"; do  # NAME=VALUE with an upper-case NAME is a setting; anything else (--inductor a=b) an argument
+        if [[ "$a" =~ ^[A-Z_][A-Z0-9_]*= ]]; then settings+=("$a"); else args+=("$a"); fi
+      done
       ids=(${gpus//,/ }); launch=(python3)
       [ ${#ids[@]} -gt 1 ] && launch=(torchrun --standalone --nproc_per_node=${#ids[@]})
       if [ -n "${DRY_EXTRA:-}" ] && [[ "${script##*/}" = benchmark.py || "${script##*/}" = *_configs.py || "${script##*/}" = scan_* ]]; then
