@@ -39,12 +39,6 @@ import torch.nn.functional as F
 import zstandard
 from torch.nn.parallel import DistributedDataParallel
 
-try:  # with CUDA builds of PyTorch; CPU-only installs run the compiled (there: eager) convolution instead
-    import triton
-    import triton.language as tl
-except ImportError:
-    triton = None
-
 ARTIFACT_LIMIT_BYTES = 16_000_000
 CODE_BYTES = len(Path(__file__).read_bytes())  # this script's bytes count toward the limit too
 
@@ -147,7 +141,6 @@ class Hyperparameters:
     # kernels and entry points
     scan_backend: str = setting("auto", (lambda v, hp: v in ("auto", "mamba_ssm", "reference"), "auto, mamba_ssm or reference"))
     attn_backend: str = setting("auto", (lambda v, hp: v in ("auto", "flex", "reference"), "auto, flex or reference"))
-    conv_backend: str = setting("auto", (lambda v, hp: v in ("auto", "triton", "reference"), "auto, triton or reference"))
     compile: bool = True  # torch.compile on CUDA (never on CPU)
     eval_only: bool = False
     artifact: str = "final_model.int8.ptz"
@@ -505,76 +498,6 @@ def causal_conv1d(x, weight, bias):
     return F.silu(sum(padded[..., i:i + length] * weight[:, i, None] for i in range(k)) + bias.to(x.dtype)[:, None])
 
 
-# The same convolution as a Triton kernel, forward or backward (with the weight and bias gradients), each reading its
-# inputs once: compiled from the sum above they took 0.36 ms a layer, several times their traffic. Without Triton
-# (CPU-only installs) the decorator leaves a plain function, which nothing calls.
-@(triton.jit if triton else lambda fn: fn)
-def _conv_silu_kernel(x, w, bias, grad, out, dw_parts, dim, length, stride_b, stride_d, K: tl.constexpr, BD: tl.constexpr,
-                      BL: tl.constexpr, BACKWARD: tl.constexpr):
-    """Forward: out[p] = silu(pre[p]), pre[p] = bias + sum_i w[i] x[p-(K-1)+i]. Backward: out[p] = dx[p] = sum_j w[K-1-j] g[p+j],
-    g = grad * silu'(pre) recomputed at p..p+K-1, and this block's sums of g[p] x[p-(K-1)+i] (dw) and g[p] (dbias) to dw_parts."""
-    d = tl.program_id(0) * BD + tl.arange(0, BD)[:, None]
-    pos = tl.program_id(1) * BL + tl.arange(0, BL)[None, :]
-    ok, row = d < dim, tl.program_id(2) * stride_b + d * stride_d  # x, grad and out in one layout
-    acc = tl.zeros((BD, BL), dtype=tl.float32)
-    for j in tl.static_range(K if BACKWARD else 1):
-        pre = tl.load(bias + d, mask=ok)
-        for i in tl.static_range(K):
-            src = pos + j - (K - 1) + i
-            pre += tl.load(w + d * K + i, mask=ok) * tl.load(x + row + src, mask=ok & (src >= 0) & (src < length)).to(tl.float32)
-        sig = tl.sigmoid(pre)
-        if not BACKWARD:
-            acc = pre * sig
-        else:
-            g = tl.load(grad + row + pos + j, mask=ok & (pos + j < length)).to(tl.float32) * sig * (1 + pre * (1 - sig))
-            acc += tl.load(w + d * K + (K - 1 - j), mask=ok) * g
-            if j == 0:
-                parts = dw_parts + ((tl.program_id(2) * tl.num_programs(1) + tl.program_id(1)) * dim + d) * (K + 1)
-                for i in tl.static_range(K):
-                    xs = tl.load(x + row + pos - (K - 1) + i, mask=ok & (pos - (K - 1) + i >= 0) & (pos < length)).to(tl.float32)
-                    tl.store(parts + i, tl.sum(g * xs, axis=1)[:, None], mask=ok)
-                tl.store(parts + K, tl.sum(g, axis=1)[:, None], mask=ok)
-    tl.store(out + row + pos, acc.to(out.dtype.element_ty), mask=ok & (pos < length))
-
-
-CONV_BLOCK = dict(BD=8, BL=512, num_warps=4)  # channels x positions a program; warps
-
-
-def channel_major(x):  # (b, d, l) laid out (d, b, l), as the model's activations: free for those, else a copy
-    return x.transpose(0, 1).contiguous().transpose(0, 1)
-
-
-def conv_silu_launch(x, weight, bias, grad=None):
-    """The output (forward), or dx, dweight, dbias (backward, given the output's gradient)."""
-    (b, dim, length), k = x.shape, weight.size(1)
-    out, grid = torch.empty_like(x), (triton.cdiv(dim, CONV_BLOCK["BD"]), triton.cdiv(length, CONV_BLOCK["BL"]), b)
-    dw_parts = bias if grad is None else x.new_empty(b * grid[1], dim, k + 1, dtype=torch.float32)  # unused forward
-    _conv_silu_kernel[grid](x, weight, bias, x if grad is None else grad, out, dw_parts, dim, length, x.stride(0), x.stride(1),
-                            k, BACKWARD=grad is not None, **CONV_BLOCK)
-    return out if grad is None else [out, *dw_parts.sum(0).split([k, 1], dim=1)]
-
-
-@torch.library.custom_op("hymba::conv_silu", mutates_args=())
-def conv_silu_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    return conv_silu_launch(x, weight, bias)
-
-
-@torch.library.custom_op("hymba::conv_silu_backward", mutates_args=())
-def conv_silu_backward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, grad: torch.Tensor) -> list[torch.Tensor]:
-    dx, dw, dbias = conv_silu_launch(x, weight, bias, channel_major(grad))
-    return [dx, dw.contiguous(), dbias.squeeze(1).contiguous()]  # strides as the inputs', as register_fake says
-
-
-conv_silu_triton.register_fake(lambda x, weight, bias: torch.empty_like(x))
-conv_silu_backward.register_fake(lambda x, weight, bias, grad: [torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)])
-conv_silu_triton.register_autograd(lambda ctx, grad: tuple(conv_silu_backward(*ctx.saved_tensors, grad)),
-                                   setup_context=lambda ctx, inputs, output: ctx.save_for_backward(*inputs))
-
-
-def causal_conv1d_triton(x, weight, bias):
-    return conv_silu_triton(channel_major(x), weight.float(), bias.float())
-
-
 def sliding_window_attention_reference(q, k, v, window: int):
     """Causal attention in which each position sees itself and the window-1 positions before it.
 
@@ -678,7 +601,6 @@ KERNEL_CHOICES = {
     "scan": [("mamba_ssm", "mamba_ssm", selective_scan_mamba_ssm), ("reference", None, selective_scan_reference)],
     "attn": [("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
              ("reference", None, sliding_window_attention_reference)],
-    "conv": [("triton", "triton", causal_conv1d_triton), ("reference", None, causal_conv1d)],
 }
 
 
@@ -686,7 +608,6 @@ KERNEL_CHOICES = {
 class Kernels:
     scan: callable
     attn: callable  # attn(q, k, v, attn_window(t, window, device))
-    conv: callable
     attn_window: callable  # the window as the attention kernel takes it, made once per forward
     names: dict
 
@@ -701,8 +622,8 @@ def _importable(module: str | None) -> bool:
 def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
     """'auto' takes the fastest backend that imports (CUDA ones only on a GPU); a named one must import."""
     chosen, names = {}, {}
-    for op, requested in (("scan", hp.scan_backend), ("attn", hp.attn_backend), ("conv", hp.conv_backend)):
-        options = KERNEL_CHOICES[op]  # the names: Hyperparameters' scan_backend, attn_backend and conv_backend
+    for op, requested in (("scan", hp.scan_backend), ("attn", hp.attn_backend)):
+        options = KERNEL_CHOICES[op]  # the names: Hyperparameters' scan_backend and attn_backend
         for name, module, fn in options:
             if requested == "auto" and name != "reference" and device.type != "cuda":
                 continue
@@ -713,7 +634,7 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
             package = next(m for n, m, _ in options if n == requested)
             raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({package}) does not import")
     attn_window = flex_sliding_window_mask if names["attn"] == "flex" else (lambda t, window, device: window)
-    return Kernels(chosen["scan"], chosen["attn"], chosen["conv"], attn_window, names)
+    return Kernels(chosen["scan"], chosen["attn"], attn_window, names)
 
 
 # -----------------------------------------------------------------------------
@@ -840,7 +761,7 @@ class HymbaMixer(nn.Module):
         # The Mamba branch runs channel-major, (b, channels, t), the layout the scan reads (as mamba-ssm's
         # mamba_inner_fn): its matmuls are W @ x, so no activation is transposed on the way in or out.
         xm, z = channel_major_linear(xz_weight, x.mT).split(self.inner, dim=1)
-        xm = self.kernels.conv(xm, self.conv_weight, self.conv_bias)
+        xm = causal_conv1d(xm, self.conv_weight, self.conv_bias)
         dt, B, C = channel_major_linear(grid_weight(self.x_proj), xm).split([self.dt_rank, self.state, self.state], dim=1)
         delta = channel_major_linear(grid_weight(self.dt_proj), dt)  # its bias is the scan's delta_bias
         y = self.kernels.scan(xm, delta, -torch.exp(self.A_log.float()), B, C, self.D, z, self.dt_proj.bias)

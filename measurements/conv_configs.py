@@ -1,5 +1,5 @@
 """Time the causal convolution (with its SiLU) at one layer's shape: compiled from train_gpt.causal_conv1d's sum, and the
-Triton kernels (CONV_BACKEND=triton) under several tile settings.
+Triton probe's two designs (measurements/triton_conv.py) under several tile settings.
 
     python measurements/conv_configs.py [--json results.json]
 
@@ -10,6 +10,7 @@ output and gradients checked against the first's. Times per layer (the model run
 wall-clock of one call (CUDA events), which here also counts the CPU's launch overhead.
 """
 import argparse
+import functools
 import itertools
 import json
 import sys
@@ -17,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent)]
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import train_gpt as tg  # noqa: E402
+import triton_conv  # noqa: E402
 from benchmark import median_ms  # noqa: E402
 
 BATCH, DIM, LENGTH, K = 2, 512, 32768, 4
-SETTINGS = [dict(BD=bd, BL=bl, num_warps=w) for bd, bl, w in itertools.product((4, 8, 16), (256, 512, 1024), (4, 8))]
+SETTINGS = [dict(BD=bd, BL=bl, num_warps=w) for bd, bl, w in itertools.product((4, 8), (256, 512), (4, 8))]
 
 
 def kernel_ms(fn, runs: int = 10) -> float:
@@ -48,14 +50,16 @@ def main():
     bias = (torch.randn(DIM, device="cuda") * 0.1).requires_grad_()
     grad = torch.randn(DIM, BATCH, LENGTH, device="cuda", dtype=torch.bfloat16).transpose(0, 1)
     compiled = torch.compile(tg.causal_conv1d, dynamic=False)
-    candidates = [("compiled sum", compiled, None)] + [(str(s), tg.causal_conv1d_triton, s) for s in SETTINGS]
+    candidates = [("compiled sum", compiled, None)] + [
+        (f"{design} {s}", functools.partial(triton_conv.causal_conv1d_triton, design=design), s)
+        for design in triton_conv.BACKWARD_MODES for s in SETTINGS]
     rows, first = [], None
     print("| conv | forward, kernels ms | forward + backward, kernels ms | forward, one call ms | forward + backward, one call ms "
           "| max rel. error against the first row |")
     print("|---|---|---|---|---|---|")
     for name, conv, settings in candidates:
         if settings:
-            tg.CONV_BLOCK.update(settings)
+            triton_conv.CONV_BLOCK.update(settings)
         forward = lambda: conv(x, weight, bias)
         both = lambda: torch.autograd.grad(forward(), [x, weight, bias], grad)
         try:

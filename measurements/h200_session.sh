@@ -87,19 +87,28 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
-  # --- seventh session (one H200): mamba-ssm's scan with B and C in groups (its backward's atomics), the step's
-  # kernels in full, Inductor's tuning ---
+  # --- ready for the next lease (one H200; ONLY="mamba_build conv_configs bench_base8 bench_triton_conv bench_split_xz
+  # bench_scan_grad bench_cdt"): the Triton convolution's two designs alone (needs no mamba-ssm: runs during the build),
+  # then the step of this script and of three candidates (measurements/variants/), then Inductor's coordinate descent
+  # tuning, whose compile ran past 340 s in the seventh session (bench_cdt7, unfinished) ---
+  "bench_base8|0|after:mamba_build,conv_configs $BENCH"
+  "bench_triton_conv|0|after:bench_base8 /tmp/variants/triton_conv/$BENCH --profile --profile-rows 60"
+  "bench_split_xz|0|after:bench_triton_conv /tmp/variants/split_xz/$BENCH"
+  "bench_scan_grad|0|after:bench_split_xz /tmp/variants/scan_grad_as_is/$BENCH"
+  "bench_cdt|0|after:bench_scan_grad $BENCH --inductor coordinate_descent_tuning=True"
+  # --- seventh session (one H200), four calls: (1) mamba-ssm's scan with B and C in groups (its backward's atomics:
+  # no gain) and the step's kernels in full; (2) the causal convolution as one Triton kernel, then in train_gpt.py
+  # (c6ea8e2; since measurements/triton_conv.py, its "recompute" design, CONV_BLOCK then BD=8, BL=512, 4 warps) against
+  # the script before it (e3225d5 = this train_gpt.py), where bench_conv failed on its fake's strides; (3) conv_configs
+  # and bench_conv again, fixed (bench_cdt7 and bench_autotune7 started at once: they named gpu_tests7, not selected,
+  # and failed without mamba-ssm); (4) bench_cdt7 alone, its compile unfinished after 340 s ---
   "scan_groups|0|after:mamba_build measurements/scan_groups.py --json scan_groups.json"
   "bench_profile|0|after:scan_groups $BENCH --profile --profile-rows 200"
-  # (scan_groups: no gain, so its variant was dropped; bench_cdt7 failed, the driver then took its argument for a setting)
-  # the causal convolution as Triton kernels: their tile settings (needs no mamba-ssm: runs during the build), the step
-  # before (e3225d5) and after, the GPU tests, then Inductor's tuning on top
   "conv_configs|0|measurements/conv_configs.py --json conv_configs.json"
   "bench_base|0|after:mamba_build,conv_configs $MAMBA/$BENCH"
   "bench_conv|0|after:mamba_build,bench_base $BENCH --profile --profile-rows 200"
   "gpu_tests7|0|after:bench_conv pytest"
-  "bench_cdt7|0|after:gpu_tests7 $BENCH --inductor coordinate_descent_tuning=True"
-  "bench_autotune7|0|after:bench_cdt7 $BENCH --compile-mode max-autotune-no-cudagraphs"
+  "bench_cdt7|0|after:mamba_build $BENCH --inductor coordinate_descent_tuning=True"
   # --- sixth session (one H200): the Triton scan (then in train_gpt.py, commit b7214cf; since measurements/triton_scan.py)
   # against mamba-ssm's: its launch settings, its passes, the step, the GPU tests ---
   "scan_configs|0|measurements/scan_configs.py --json scan_configs.json"
@@ -124,15 +133,14 @@ JOBS=(
   "row_base_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337"  # the same lease's reference
   "row_dt_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=dt"
   "row_ortho_seed1337|0|after:mamba_build measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=ortho"
-  # --- ready for the next lease, one chain, any part of it (ONLY="mamba_build bench_long bench_cdt bench_autotune
-  # row_scales_* row_smear_* init1000"):
-  # benchmarks alone: 500 steps (the loop's extra 2 ms: the GPU's clocks under a sustained load?), Inductor tuning its
-  # element-wise kernels' launch settings, and Triton matmul templates that can take the element-wise work into their
-  # epilogues (its compile may take many minutes); then the two init rows left, and all four at 1,000 steps (against
-  # the fifth session's final1000_single_gemm: the same script and settings), side by side ---
+  # --- ready since the sixth session, one chain, any part of it (ONLY="mamba_build bench_long bench_autotune
+  # row_scales_* row_smear_* init1000"; Inductor's coordinate descent tuning is bench_cdt above):
+  # benchmarks alone: 500 steps (the loop's extra 2 ms: the GPU's clocks under a sustained load?), and Triton matmul
+  # templates that can take the element-wise work into their epilogues (its compile may take many minutes); then the two
+  # init rows left, and all four at 1,000 steps (against the fifth session's final1000_single_gemm: the same script and
+  # settings), side by side ---
   "bench_long|0|after:mamba_build benchmark.py --warmup 3 --iters 500 --train-only --json benchmark.json"
-  "bench_cdt|0|after:bench_long $BENCH --inductor coordinate_descent_tuning=True"
-  "bench_autotune|0|after:bench_cdt $BENCH --compile-mode max-autotune-no-cudagraphs"
+  "bench_autotune|0|after:bench_long $BENCH --compile-mode max-autotune-no-cudagraphs"
   "row_scales_seed1337|0|after:mamba_build,bench_autotune measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=scales"
   "row_smear_seed1337|0|after:mamba_build,bench_autotune measurements/recipe_rows.py $AB QAT_START_FRAC=1 SEED=1337 OLD_ROWS=smear"
   "init1000|0|after:mamba_build,bench_autotune measurements/recipe_rows.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TTT_ENABLED=0 OLD_ROWS=ortho,scales,dt,smear"

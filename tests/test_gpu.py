@@ -89,18 +89,6 @@ def test_compiled_causal_conv1d_matches_eager():
 
 
 @cuda
-@needs("triton")
-def test_triton_causal_conv1d_matches_the_sum():
-    """x as the model passes it: a channel slice of a (channels, batch, length) buffer."""
-    torch.manual_seed(0)
-    inputs = dict(x=torch.randn(2 * INNER, B, T, device="cuda", dtype=torch.bfloat16).transpose(0, 1)[:, :INNER],
-                  weight=torch.randn(INNER, 4, device="cuda") * 0.5, bias=torch.randn(INNER, device="cuda") * 0.1)
-    compare(tg.causal_conv1d_triton, tg.causal_conv1d, inputs, "Triton causal conv1d")
-    args = tuple(v.detach().requires_grad_() for v in inputs.values())
-    torch.library.opcheck(tg.conv_silu_triton, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
-
-
-@cuda
 def test_embedding_tables_and_the_residual_stream_are_bf16_on_the_gpu():
     """As the record: the embedding tables in bf16, every other tensor fp32; and (unlike the record, whose first norm
     returns fp32 under autocast) every block's input and output in bf16."""

@@ -49,7 +49,7 @@ def test_bytes_total_is_script_plus_artifact(tiny_run):
     ttt = final_line(result.stdout, "legal_ttt_exact")
     assert summary["val_bpb"] == pytest.approx(float(ttt["val_bpb"]), abs=1e-8)
     assert summary["steps"] == 12 and summary["world_size"] == 1 and summary["seed"] == 7
-    assert summary["backends"] == {"scan": "reference", "attn": "reference", "conv": "reference"}
+    assert summary["backends"] == {"scan": "reference", "attn": "reference"}
 
 
 def test_training_lowers_the_loss(tiny_run):
