@@ -88,14 +88,16 @@ JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
   # --- ready for the next lease (one H200; ONLY="mamba_build conv_configs bench_base8 bench_triton_conv bench_split_xz
-  # bench_scan_grad bench_cdt"): the Triton convolution's two designs alone (needs no mamba-ssm: runs during the build),
-  # then the step of this script and of three candidates (measurements/variants/), then Inductor's coordinate descent
-  # tuning, whose compile ran past 340 s in the seventh session (bench_cdt7, unfinished) ---
+  # bench_scan_grad bench_cudagraphs bench_cdt"): the Triton convolution's two designs alone (needs no mamba-ssm: runs
+  # during the build), then the step of this script and of three candidates (measurements/variants/), CUDA graphs for
+  # the model (the third session's -0.71 ms was before the Flex tile sizes; never timed with them), then Inductor's
+  # coordinate descent tuning, whose compile ran past 340 s in the seventh session (bench_cdt7, unfinished) ---
   "bench_base8|0|after:mamba_build,conv_configs $BENCH"
   "bench_triton_conv|0|after:bench_base8 /tmp/variants/triton_conv/$BENCH --profile --profile-rows 60"
   "bench_split_xz|0|after:bench_triton_conv /tmp/variants/split_xz/$BENCH"
   "bench_scan_grad|0|after:bench_split_xz /tmp/variants/scan_grad_as_is/$BENCH"
-  "bench_cdt|0|after:bench_scan_grad $BENCH --inductor coordinate_descent_tuning=True"
+  "bench_cudagraphs|0|after:bench_scan_grad $BENCH --compile-mode reduce-overhead"
+  "bench_cdt|0|after:bench_cudagraphs $BENCH --inductor coordinate_descent_tuning=True"
   # --- seventh session (one H200), four calls: (1) mamba-ssm's scan with B and C in groups (its backward's atomics:
   # no gain) and the step's kernels in full; (2) the causal convolution as one Triton kernel, then in train_gpt.py
   # (c6ea8e2; since measurements/triton_conv.py, its "recompute" design, CONV_BLOCK then BD=8, BL=512, 4 warps) against
