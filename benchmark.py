@@ -302,7 +302,8 @@ def main():
             configs.append(dataclasses.replace(hp, compile=False))
     rows = []
     for i, config in enumerate(configs):
-        result = bench(dataclasses.replace(config), run, args.seqs, args.warmup, args.iters, args.profile_rows if args.profile and i == 0 else 0,
+        profile_rows = args.profile_rows if args.profile and i == 0 else 0  # the first configuration's profile only
+        result = bench(dataclasses.replace(config), run, args.seqs, args.warmup, args.iters, profile_rows,
                        args.train_only or run.world_size > 1, args.tokens_from)  # TTT and scoring: one GPU's work
         rows.append(result)
         run.log(json.dumps(result))
