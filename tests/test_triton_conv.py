@@ -1,16 +1,12 @@
 """The Triton causal convolution probe (measurements/triton_conv.py) against train_gpt's compiled one's eager sum, on CPU
 through Triton's interpreter (conftest.py). Skipped where Triton is not installed (CI installs only what the script
 needs; the probe is not part of a run)."""
-import sys
-
 import pytest
 import torch
 
-from conftest import ROOT
 import train_gpt as tg
 
 pytest.importorskip("triton")  # on CPU in its interpreter (conftest.py)
-sys.path.insert(0, str(ROOT / "measurements"))
 from triton_conv import causal_conv1d_triton  # noqa: E402
 
 

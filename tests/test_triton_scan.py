@@ -1,15 +1,11 @@
 """The Triton scan probe (measurements/triton_scan.py) against the reference scan, on CPU through Triton's interpreter.
 Skipped where Triton is not installed (CI installs only what the script needs; the probe is not part of a run)."""
-import sys
-
 import pytest
 import torch
 
-from conftest import ROOT
 import train_gpt as tg
 
 pytest.importorskip("triton")  # on CPU in its interpreter (conftest.py)
-sys.path.insert(0, str(ROOT / "measurements"))
 from triton_scan import selective_scan_triton  # noqa: E402
 
 
