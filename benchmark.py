@@ -152,6 +152,11 @@ def communication_overlap(kernels: list[tuple[float, float, str]], steps: int) -
             f"(exposed); kernels: {', '.join(names)}")
 
 
+def gpu_kernels(prof) -> list:
+    """A profile's GPU kernels, averaged by name; not annotations such as Optimizer.step, which span kernels."""
+    return [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
+
+
 def profile_train_step(train_step, steps: int = 3, rows: int = 30) -> str:
     """The kernels that take the step's GPU time, grouped, and how much of the step the GPU is busy; on several GPUs,
     how much of the communication hides behind compute."""
@@ -165,8 +170,7 @@ def profile_train_step(train_step, steps: int = 3, rows: int = 30) -> str:
         end.record()
         torch.cuda.synchronize()
     wall_ms = start.elapsed_time(end) / steps
-    kernels = [e for e in prof.key_averages()  # GPU kernels only; annotations such as Optimizer.step span kernels
-               if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
+    kernels = gpu_kernels(prof)
     groups: dict[str, list] = {}
     for e in kernels:
         group = next((g for g, keys in KERNEL_GROUPS if any(k in e.key.lower() for k in keys)), "other")

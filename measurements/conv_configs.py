@@ -21,7 +21,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import train_gpt as tg  # noqa: E402
 import triton_conv  # noqa: E402
-from benchmark import median_ms  # noqa: E402
+from benchmark import gpu_kernels, median_ms  # noqa: E402
 
 BATCH, DIM, LENGTH, K = 2, 512, 32768, 4
 SETTINGS = [dict(BD=bd, BL=bl, num_warps=w) for bd, bl, w in itertools.product((4, 8), (256, 512), (4, 8))]
@@ -36,8 +36,7 @@ def kernel_ms(fn, runs: int = 10) -> float:
         for _ in range(runs):
             fn()
         torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation]
-    return sum(e.self_device_time_total for e in kernels) / 1000 / runs
+    return sum(e.self_device_time_total for e in gpu_kernels(prof)) / 1000 / runs
 
 
 def main():

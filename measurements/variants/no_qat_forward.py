@@ -9,6 +9,9 @@ steps is what that costs. While QAT is off both compute the same model (tests/te
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from variant_edit import write_variant  # noqa: E402
+
 OLD = '''    if not is_quantized(w):
         return w
     on_grid ='''
@@ -16,7 +19,4 @@ NEW = '''    if True:  # the probe: never on the grid
         return w
     on_grid ='''
 
-source = Path(sys.argv[1]).read_text(encoding="utf-8")
-if source.count(OLD) != 1:
-    sys.exit("no_qat_forward: train_gpt.py's grid_weight is not the one this probe changes")
-sys.stdout.write(source.replace(OLD, NEW))
+write_variant("no_qat_forward", [(OLD, NEW)])

@@ -9,10 +9,10 @@ as the (channels, batch, length) of the out-projection's backward. The same mode
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from variant_edit import write_variant  # noqa: E402
+
 OLD = "    return tuple(mamba_scan_backward(*inputs, grad.contiguous(), out, states))\n"
 NEW = "    return tuple(mamba_scan_backward(*inputs, grad if grad.stride(-1) == 1 else grad.contiguous(), out, states))\n"
 
-source = Path(sys.argv[1]).read_text(encoding="utf-8")
-if source.count(OLD) != 1:
-    sys.exit("scan_grad_as_is: train_gpt.py no longer has the code this candidate changes")
-sys.stdout.write(source.replace(OLD, NEW))
+write_variant("scan_grad_as_is", [(OLD, NEW)])

@@ -9,10 +9,10 @@ gradient goes to its own matmul. The same model (tests/test_variants.py).
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from variant_edit import write_variant  # noqa: E402
+
 OLD = "        xm, z = channel_major_linear(xz_weight, x.mT).split(self.inner, dim=1)\n"
 NEW = "        xm, z = (channel_major_linear(w, x.mT) for w in xz_weight.split(self.inner))\n"
 
-source = Path(sys.argv[1]).read_text(encoding="utf-8")
-if source.count(OLD) != 1:
-    sys.exit("split_xz: train_gpt.py no longer has the code this candidate changes")
-sys.stdout.write(source.replace(OLD, NEW))
+write_variant("split_xz", [(OLD, NEW)])

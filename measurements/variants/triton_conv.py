@@ -9,14 +9,14 @@ input is on a GPU; on CPU the script's own (so tests/test_variants.py checks onl
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from variant_edit import write_variant  # noqa: E402
+
 OLD = "        xm = causal_conv1d(xm, self.conv_weight, self.conv_bias)\n"
 NEW = ("        xm = (functools.partial(causal_conv1d_triton, design=os.environ.get(\"CONV_DESIGN\", \"two_pass\")) if xm.is_cuda\n"
        "              else causal_conv1d)(xm, self.conv_weight, self.conv_bias)\n")
 BEFORE = "class HymbaMixer(nn.Module):\n"
 
-source = Path(sys.argv[1]).read_text(encoding="utf-8")
-if source.count(OLD) != 1 or source.count(BEFORE) != 1:
-    sys.exit("triton_conv: train_gpt.py no longer has the code this candidate changes")
 probe = (Path(__file__).resolve().parent.parent / "triton_conv.py").read_text(encoding="utf-8")
 probe = probe[probe.index('"""', 3) + 3:]  # without its docstring
-sys.stdout.write(source.replace(OLD, NEW).replace(BEFORE, probe.strip() + "\n\n\n" + BEFORE))
+write_variant("triton_conv", [(OLD, NEW), (BEFORE, probe.strip() + "\n\n\n" + BEFORE)])
