@@ -92,9 +92,22 @@ JOBS=(
   # during the build), then the step of this script and of three candidates (measurements/variants/), CUDA graphs for
   # the model (the third session's -0.71 ms was before the Flex tile sizes; never timed with them), then Inductor's
   # coordinate descent tuning, whose compile ran past 340 s in the seventh session (bench_cdt7, unfinished) ---
+  # --- eighth session (one H200): FlashAttention-4 (flash-attn-4's CuTe kernels; measurements/flash_attention.py, the
+  # variant flash_attention), its packages carried as one archive and unpacked into /tmp/site (README). Call 2: alone at
+  # one layer's shape, then in the step against FlexAttention, then the GPU tests (then run with the operators inside
+  # train_gpt.py, as the variant writes them). Call 3: the variant again, the three variants that gained together, the
+  # GPU tests, and CUDA graphs with it. (Call 1 was bench_base8, bench_split_xz, bench_scan_grad and conv_configs.) ---
+  "flash_probe|0|measurements/attention_timing.py --json attention_timing.json"
+  "bench_flex|0|after:mamba_build,flash_probe $BENCH ATTN_BACKEND=flex"
+  "bench_flash|0|after:bench_flex /tmp/variants/flash_attention/$BENCH ATTN_BACKEND=flash --profile --profile-rows 60"
+  "gpu_tests8|0|after:bench_flash pytest"
+  "bench_flash2|0|after:mamba_build /tmp/variants/flash_attention/$BENCH"
+  "bench_bundle|0|after:bench_flash2 /tmp/variants/flash_conv_scan_grad/$BENCH --profile --profile-rows 60"
+  "gpu_tests9|0|after:bench_bundle pytest"
+  "bench_flash_cg|0|after:gpu_tests9 /tmp/variants/flash_attention/$BENCH --compile-mode reduce-overhead"
   "bench_base8|0|after:mamba_build,conv_configs $BENCH"
-  "bench_triton_conv|0|after:bench_base8 /tmp/variants/triton_conv/$BENCH --profile --profile-rows 60"
-  "bench_split_xz|0|after:bench_triton_conv /tmp/variants/split_xz/$BENCH"
+  "bench_triton_conv|0|after:mamba_build,bench_base8,gpu_tests8 /tmp/variants/triton_conv/$BENCH --profile --profile-rows 60"
+  "bench_split_xz|0|after:bench_base8,bench_triton_conv /tmp/variants/split_xz/$BENCH"
   "bench_scan_grad|0|after:bench_split_xz /tmp/variants/scan_grad_as_is/$BENCH"
   "bench_cudagraphs|0|after:bench_scan_grad $BENCH --compile-mode reduce-overhead"
   "bench_cdt|0|after:bench_cudagraphs $BENCH --inductor coordinate_descent_tuning=True"

@@ -15,4 +15,7 @@ from variant_edit import write_variant  # noqa: E402
 OLD = "    return tuple(mamba_scan_backward(*inputs, grad.contiguous(), out, states))\n"
 NEW = "    return tuple(mamba_scan_backward(*inputs, grad if grad.stride(-1) == 1 else grad.contiguous(), out, states))\n"
 
-write_variant("scan_grad_as_is", [(OLD, NEW)])
+EDITS = [(OLD, NEW)]
+
+if __name__ == "__main__":
+    write_variant("scan_grad_as_is", EDITS)

@@ -19,4 +19,7 @@ BEFORE = "class HymbaMixer(nn.Module):\n"
 
 probe = (Path(__file__).resolve().parent.parent / "triton_conv.py").read_text(encoding="utf-8")
 probe = probe[probe.index('"""', 3) + 3:]  # without its docstring
-write_variant("triton_conv", [(OLD, NEW), (BEFORE, probe.strip() + "\n\n\n" + BEFORE)])
+EDITS = [(OLD, NEW), (BEFORE, probe.strip() + "\n\n\n" + BEFORE)]
+
+if __name__ == "__main__":
+    write_variant("triton_conv", EDITS)

@@ -1,0 +1,74 @@
+"""Time sliding-window attention at one layer's shape: FlashAttention-4 (measurements/flash_attention.py, the flash-attn-4
+package's CuTe kernels) against FlexAttention as the script compiles it ("flex").
+
+    python measurements/attention_timing.py [--json results.json]
+
+Shape: one H200's share of the record's step, 2 sequences x 32,768 positions, 8 query and 4 key/value heads of 64,
+window 1,024, bf16. Forward, and forward + backward, each inside torch.compile as in the model (the flash kernels as
+custom operators). Times per layer (the model runs 8): the GPU kernels' own time (from the profiler,
+10 runs) and the wall-clock of one call (CUDA events). Each backend's output and gradients are compared with the
+first row's, and that row's with the exact attention of the first 4,096 positions (train_gpt's reference).
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
+import flash_attention  # noqa: E402
+import train_gpt as tg  # noqa: E402
+from benchmark import median_ms  # noqa: E402
+from conv_configs import kernel_ms  # noqa: E402
+
+BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM, WINDOW = 2, 32768, 8, 4, 64, 1024
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="write every row here")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    shape = lambda heads: (BATCH, LENGTH, heads, HEAD_DIM)
+    q, k, v = (torch.randn(shape(h), device="cuda", dtype=torch.bfloat16).requires_grad_() for h in (HEADS, KV_HEADS, KV_HEADS))
+    grad = torch.randn(shape(HEADS), device="cuda", dtype=torch.bfloat16)
+    rows, first = [], None
+    print("| attention | forward, kernels ms | forward + backward, kernels ms | forward, one call ms "
+          "| forward + backward, one call ms | max rel. error against the first row |")
+    print("|---|---|---|---|---|---|")
+    for name, attn in (("flash", flash_attention.sliding_window_attention_flash), ("flex", tg.sliding_window_attention_flex)):
+        window = tg.flex_sliding_window_mask(LENGTH, WINDOW, q.device) if name == "flex" else WINDOW
+        compiled = torch.compile(lambda q, k, v: attn(q, k, v, window), dynamic=False)
+        forward = lambda: compiled(q, k, v)
+        both = lambda: torch.autograd.grad(forward(), [q, k, v], grad)
+        try:
+            results = [forward(), *both()]
+            fwd, total = median_ms(forward, 3, 20), median_ms(both, 3, 20)
+            gpu_fwd, gpu_total = kernel_ms(forward), kernel_ms(both)
+        except Exception as e:  # e.g. a package that does not support this GPU: reported, not fatal
+            print(f"| {name} | failed: {type(e).__name__}: {str(e)[:300]} | | | | |", flush=True)
+            continue
+        if first is None:
+            first = results
+            short = [t[:, :4096].detach().clone().requires_grad_() for t in (q, k, v)]
+            exact = tg.sliding_window_attention_reference(*short, WINDOW)
+            exact_grads = torch.autograd.grad(exact, short, grad[:, :4096])
+            mine = attn(*short, window if name != "flex" else tg.flex_sliding_window_mask(4096, WINDOW, q.device))
+            mine_grads = torch.autograd.grad(mine, short, grad[:, :4096])
+            print(f"{name} against the reference on 4,096 positions: max rel. error "
+                  f"{max(relative_error(a, b) for a, b in zip([mine, *mine_grads], [exact, *exact_grads])):.2e}")
+        error = max(relative_error(a, b) for a, b in zip(results, first))
+        rows.append(dict(attention=name, forward_kernels_ms=round(gpu_fwd, 4), total_kernels_ms=round(gpu_total, 4),
+                         forward_ms=round(fwd, 4), total_ms=round(total, 4), error=error))
+        print(f"| {name} | {gpu_fwd:.4f} | {gpu_total:.4f} | {fwd:.4f} | {total:.4f} | {error:.2e} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
