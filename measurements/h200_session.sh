@@ -2,7 +2,7 @@
 # One lease of an H200 machine (one GPU or several), end to end, as run for the figures in README.md (sixth session,
 # 2026-11-29, on one H200; earlier sessions' jobs below; the two-GPU jobs are ready, not yet run).
 #
-# Needs, carried in .gpu/: gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
+# Needs, carried in .gpu/ (devtext_sp1024/ may come in .gpu_data/ instead): gpu/ (the mamba-ssm source archive and zstandard wheel from ../shared/gpu),
 # devtext_sp1024/, tokenizers/, old_train_gpt.py (the script before the recipe changes, for the recipe A/B)
 # and variants/NAME.py (earlier versions of train_gpt.py, run as /tmp/variants/NAME/train_gpt.py); candidate versions
 # are written there from this train_gpt.py by measurements/variants/NAME.py, each with benchmark.py beside it.
@@ -45,7 +45,7 @@ fi
 SECONDS=0
 say() { echo "[$(printf '%4d' $SECONDS)s] $*"; }
 selected() { [ -z "${ONLY:-}" ] && return 0; for g in $ONLY; do case "$1" in $g) return 0 ;; esac; done; return 1; }
-cp -r "$REPO/.gpu/devtext_sp1024" "$REPO/.gpu/tokenizers" /tmp/
+cp -r "$REPO"/.gpu*/devtext_sp1024 "$REPO/.gpu/tokenizers" /tmp/  # the corpus from .gpu/ or .gpu_data/ (README)
 cp -r "$REPO" /tmp/repo && rm -rf /tmp/repo/.gpu  # runs read the script from here; the checkout may be laid anew
 cp "$REPO/.gpu/old_train_gpt.py" /tmp/old_train_gpt.py
 for script in "$REPO"/.gpu/variants/*.py; do  # earlier versions of train_gpt.py
@@ -104,7 +104,14 @@ JOBS=(
   "bench_flash2|0|after:mamba_build /tmp/variants/flash_attention/$BENCH"
   "bench_bundle|0|after:bench_flash2 /tmp/variants/flash_conv_scan_grad/$BENCH --profile --profile-rows 60"
   "gpu_tests9|0|after:bench_bundle pytest"
-  "bench_flash_cg|0|after:gpu_tests9 /tmp/variants/flash_attention/$BENCH --compile-mode reduce-overhead"
+  "bench_flash_cg|0|after:mamba_build,gpu_tests9 /tmp/variants/flash_attention/$BENCH --compile-mode reduce-overhead"
+  # --- ready for the next lease, once FlashAttention-4 is in train_gpt.py: two calls on one warm machine, since its
+  # packages (.fa/, 55 MB) and the corpus (36 MB) cannot travel together. (1) carry [".gpu", ".fa"], unpack and export
+  # PYTHONPATH as measurements/pack_flash_attention.sh says, ONLY="mamba_build bench_flash_cg", wait 400; (2) within 30 s,
+  # carry [".gpu", ".gpu_data"] (devtext_sp1024 in .gpu_data/), the same PYTHONPATH, ONLY="final1000 gpu_tests10":
+  # its logs/final1000.txt and .json become train.log and submission.json ---
+  "final1000|0|after:mamba_build train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
+  "gpu_tests10|0|after:final1000 pytest"
   "bench_base8|0|after:mamba_build,conv_configs $BENCH"
   "bench_triton_conv|0|after:mamba_build,bench_base8,gpu_tests8 /tmp/variants/triton_conv/$BENCH --profile --profile-rows 60"
   "bench_split_xz|0|after:bench_base8,bench_triton_conv /tmp/variants/split_xz/$BENCH"
