@@ -19,14 +19,9 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import flash_attention  # noqa: E402
 import train_gpt as tg  # noqa: E402
-from benchmark import median_ms  # noqa: E402
-from conv_configs import kernel_ms  # noqa: E402
+from conv_configs import TABLE_COLUMNS, relative_error, time_candidate  # noqa: E402
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM, WINDOW = 2, 32768, 8, 4, 64, 1024
-
-
-def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.float() - b.float()).norm() / b.float().norm()).item()
 
 
 def main():
@@ -38,34 +33,22 @@ def main():
     q, k, v = (torch.randn(shape(h), device="cuda", dtype=torch.bfloat16).requires_grad_() for h in (HEADS, KV_HEADS, KV_HEADS))
     grad = torch.randn(shape(HEADS), device="cuda", dtype=torch.bfloat16)
     rows, first = [], None
-    print("| attention | forward, kernels ms | forward + backward, kernels ms | forward, one call ms "
-          "| forward + backward, one call ms | max rel. error against the first row |")
-    print("|---|---|---|---|---|---|")
+    print(f"| attention | {TABLE_COLUMNS}\n|---|---|---|---|---|---|")
     for name, attn in (("flash", flash_attention.sliding_window_attention_flash), ("flex", tg.sliding_window_attention_flex)):
         window = tg.flex_sliding_window_mask(LENGTH, WINDOW, q.device) if name == "flex" else WINDOW
         compiled = torch.compile(lambda q, k, v: attn(q, k, v, window), dynamic=False)
         forward = lambda: compiled(q, k, v)
-        both = lambda: torch.autograd.grad(forward(), [q, k, v], grad)
-        try:
-            results = [forward(), *both()]
-            fwd, total = median_ms(forward, 3, 20), median_ms(both, 3, 20)
-            gpu_fwd, gpu_total = kernel_ms(forward), kernel_ms(both)
-        except Exception as e:  # e.g. a package that does not support this GPU: reported, not fatal
-            print(f"| {name} | failed: {type(e).__name__}: {str(e)[:300]} | | | | |", flush=True)
-            continue
-        if first is None:
-            first = results
+        had_first = first is not None
+        row, first = time_candidate(name, forward, lambda: torch.autograd.grad(forward(), [q, k, v], grad), first)
+        rows += [dict(attention=name) | row] if row else []
+        if row and not had_first:  # the first row that ran, against the exact attention on a short stretch
             short = [t[:, :4096].detach().clone().requires_grad_() for t in (q, k, v)]
             exact = tg.sliding_window_attention_reference(*short, WINDOW)
             exact_grads = torch.autograd.grad(exact, short, grad[:, :4096])
             mine = attn(*short, window if name != "flex" else tg.flex_sliding_window_mask(4096, WINDOW, q.device))
             mine_grads = torch.autograd.grad(mine, short, grad[:, :4096])
             print(f"{name} against the reference on 4,096 positions: max rel. error "
-                  f"{max(relative_error(a, b) for a, b in zip([mine, *mine_grads], [exact, *exact_grads])):.2e}")
-        error = max(relative_error(a, b) for a, b in zip(results, first))
-        rows.append(dict(attention=name, forward_kernels_ms=round(gpu_fwd, 4), total_kernels_ms=round(gpu_total, 4),
-                         forward_ms=round(fwd, 4), total_ms=round(total, 4), error=error))
-        print(f"| {name} | {gpu_fwd:.4f} | {gpu_total:.4f} | {fwd:.4f} | {total:.4f} | {error:.2e} |", flush=True)
+                  f"{max(map(relative_error, [mine, *mine_grads], [exact, *exact_grads])):.2e}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -39,6 +39,31 @@ def kernel_ms(fn, runs: int = 10) -> float:
     return sum(e.self_device_time_total for e in gpu_kernels(prof)) / 1000 / runs
 
 
+def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.float() - b.float()).norm() / b.float().norm()).item()
+
+
+TABLE_COLUMNS = ("forward, kernels ms | forward + backward, kernels ms | forward, one call ms | forward + backward, one call ms "
+                 "| max rel. error against the first row |")
+
+
+def time_candidate(name: str, forward, both, first: list | None) -> tuple[dict | None, list | None]:
+    """One row of the table: forward and forward + backward timed by the kernels' own time and by one call's, their
+    results compared with `first` (the first row's; these results if None), the row printed. Returns the row's
+    figures (None where the candidate failed, e.g. out of registers or shared memory: reported, not fatal) and `first`."""
+    try:
+        results = [forward(), *both()]
+        times = dict(forward_kernels_ms=kernel_ms(forward), total_kernels_ms=kernel_ms(both),
+                     forward_ms=median_ms(forward, 3, 20), total_ms=median_ms(both, 3, 20))
+    except Exception as e:
+        print(f"| {name} | failed: {type(e).__name__}: {str(e)[:300]} | | | | |", flush=True)
+        return None, first
+    first = first or results
+    row = {key: round(ms, 4) for key, ms in times.items()} | dict(error=max(map(relative_error, results, first)))
+    print(f"| {name} | " + " | ".join(f"{ms:.4f}" for ms in times.values()) + f" | {row['error']:.2e} |", flush=True)
+    return row, first
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write every row here")
@@ -53,26 +78,13 @@ def main():
         (f"{design} {s}", functools.partial(triton_conv.causal_conv1d_triton, design=design), s)
         for design in triton_conv.BACKWARD_MODES for s in SETTINGS]
     rows, first = [], None
-    print("| conv | forward, kernels ms | forward + backward, kernels ms | forward, one call ms | forward + backward, one call ms "
-          "| max rel. error against the first row |")
-    print("|---|---|---|---|---|---|")
+    print(f"| conv | {TABLE_COLUMNS}\n|---|---|---|---|---|---|")
     for name, conv, settings in candidates:
         if settings:
             triton_conv.CONV_BLOCK.update(settings)
         forward = lambda: conv(x, weight, bias)
-        both = lambda: torch.autograd.grad(forward(), [x, weight, bias], grad)
-        try:
-            results = [forward(), *both()]
-            fwd, total = median_ms(forward, 3, 20), median_ms(both, 3, 20)
-            gpu_fwd, gpu_total = kernel_ms(forward), kernel_ms(both)
-        except Exception as e:  # e.g. out of registers or shared memory: reported, not fatal
-            print(f"| {name} | failed: {type(e).__name__}: {str(e)[:100]} | | | | |")
-            continue
-        first = first or results
-        error = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(results, first))
-        rows.append(dict(conv=name, forward_kernels_ms=round(gpu_fwd, 4), total_kernels_ms=round(gpu_total, 4),
-                         forward_ms=round(fwd, 4), total_ms=round(total, 4), error=error))
-        print(f"| {name} | {gpu_fwd:.4f} | {gpu_total:.4f} | {fwd:.4f} | {total:.4f} | {error:.2e} |", flush=True)
+        row, first = time_candidate(name, forward, lambda: torch.autograd.grad(forward(), [x, weight, bias], grad), first)
+        rows += [dict(conv=name) | row] if row else []
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
