@@ -19,7 +19,7 @@ import torch
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 import flash_attention  # noqa: E402
 import train_gpt as tg  # noqa: E402
-from conv_configs import TABLE_COLUMNS, relative_error, time_candidate  # noqa: E402
+from kernel_table import TABLE_COLUMNS, relative_error, time_candidate  # noqa: E402
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM, WINDOW = 2, 32768, 8, 4, 64, 1024
 

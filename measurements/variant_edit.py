@@ -11,3 +11,9 @@ def write_variant(name: str, edits: list[tuple[str, str]]) -> None:
             sys.exit(f"{name}: train_gpt.py no longer has the code this variant changes: {old.strip()[:60]!r}")
         source = source.replace(old, new)
     sys.stdout.write(source)
+
+
+def probe_code(probe: str) -> str:
+    """A probe's code (measurements/PROBE), without its docstring, for a variant to write into the script."""
+    source = (Path(__file__).resolve().parent / probe).read_text(encoding="utf-8")
+    return source[source.index('"""', 3) + 3:].strip()

@@ -10,13 +10,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from variant_edit import write_variant  # noqa: E402
+from variant_edit import probe_code, write_variant  # noqa: E402
 
-probe = (Path(__file__).resolve().parent.parent / "flash_attention.py").read_text(encoding="utf-8")
-probe = probe[probe.index('"""', 3) + 3:].strip()  # without its docstring
 TABLE = "KERNEL_CHOICES = {\n"
 EDITS = [
-    (TABLE, probe + "\n\n\n" + TABLE),
+    (TABLE, probe_code("flash_attention.py") + "\n\n\n" + TABLE),
     ('    "attn": [("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),\n',
      '    "attn": [("flash", "flash_attn.cute", sliding_window_attention_flash),\n'
      '             ("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),\n'),

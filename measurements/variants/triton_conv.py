@@ -10,16 +10,14 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from variant_edit import write_variant  # noqa: E402
+from variant_edit import probe_code, write_variant  # noqa: E402
 
 OLD = "        xm = causal_conv1d(xm, self.conv_weight, self.conv_bias)\n"
 NEW = ("        xm = (functools.partial(causal_conv1d_triton, design=os.environ.get(\"CONV_DESIGN\", \"two_pass\")) if xm.is_cuda\n"
        "              else causal_conv1d)(xm, self.conv_weight, self.conv_bias)\n")
 BEFORE = "class HymbaMixer(nn.Module):\n"
 
-probe = (Path(__file__).resolve().parent.parent / "triton_conv.py").read_text(encoding="utf-8")
-probe = probe[probe.index('"""', 3) + 3:]  # without its docstring
-EDITS = [(OLD, NEW), (BEFORE, probe.strip() + "\n\n\n" + BEFORE)]
+EDITS = [(OLD, NEW), (BEFORE, probe_code("triton_conv.py") + "\n\n\n" + BEFORE)]
 
 if __name__ == "__main__":
     write_variant("triton_conv", EDITS)
