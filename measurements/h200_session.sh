@@ -92,8 +92,8 @@ JOBS=(
   # during the build), then the step of this script and of three candidates (measurements/variants/), CUDA graphs for
   # the model (the third session's -0.71 ms was before the Flex tile sizes; never timed with them), then Inductor's
   # coordinate descent tuning, whose compile ran past 340 s in the seventh session (bench_cdt7, unfinished) ---
-  # --- eighth session (one H200): FlashAttention-4 (flash-attn-4's CuTe kernels; measurements/flash_attention.py, the
-  # variant flash_attention), its packages carried as one archive and unpacked into /tmp/site (README). Call 2: alone at
+  # --- eighth session (one H200): FlashAttention-4 (flash-attn-4's CuTe kernels; then measurements/flash_attention.py, the
+  # variant flash_attention, both since folded into train_gpt.py), its packages carried as one archive and unpacked into /tmp/site (README). Call 2: alone at
   # one layer's shape, then in the step against FlexAttention, then the GPU tests (then run with the operators inside
   # train_gpt.py, as the variant writes them). Call 3: the variant again, the three variants that gained together, the
   # GPU tests, and CUDA graphs with it. (Call 1 was bench_base8, bench_split_xz, bench_scan_grad and conv_configs.) ---
@@ -104,7 +104,7 @@ JOBS=(
   "bench_flash2|0|after:mamba_build /tmp/variants/flash_attention/$BENCH"
   "bench_bundle|0|after:bench_flash2 /tmp/variants/flash_conv_scan_grad/$BENCH --profile --profile-rows 60"
   "gpu_tests9|0|after:bench_bundle pytest"
-  "bench_flash_cg|0|after:mamba_build,gpu_tests9 /tmp/variants/flash_attention/$BENCH --compile-mode reduce-overhead"
+  "bench_flash_cg|0|after:mamba_build,gpu_tests9 $BENCH --compile-mode reduce-overhead"  # the variant is train_gpt.py now
   # --- ready for the next lease, once FlashAttention-4 is in train_gpt.py: two calls on one warm machine, since its
   # packages (.fa/, 55 MB) and the corpus (36 MB) cannot travel together. (1) carry [".gpu", ".fa"], unpack and export
   # PYTHONPATH as measurements/pack_flash_attention.sh says, ONLY="mamba_build bench_flash_cg", wait 400; (2) within 30 s,
