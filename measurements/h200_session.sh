@@ -87,6 +87,19 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
+  # --- ninth session (two H200s, nvidia-h200-x2; FlashAttention-4's packages unpacked into /tmp/site first, as
+  # measurements/pack_flash_attention.sh says). Call 1 (carry .gpu, .fa; ONLY="mamba_build s9_*"): on GPU 0 this script
+  # (FlashAttention-4) with its profile, then CUDA graphs, then FlexAttention for FlashAttention-4's own gain; on GPU 1 the
+  # GPU tests, the two-pass Triton convolution's own row, and Inductor's Triton matmul templates (max-autotune, no CUDA
+  # graphs), whose compile may not finish. Call 2 (carry .gpu, .gpu_data; ONLY="final1000 gpu_tests10 eq_1gpu_a"): the
+  # end-to-end run that becomes train.log on GPU 0, the one-GPU side of the equality on GPU 1. Call 3 (ONLY="eq_2gpu
+  # bench_2gpu"): the two-GPU side, and the step under DDP on two GPUs ---
+  "s9_bench_base|0|after:mamba_build $BENCH --profile --profile-rows 60"
+  "s9_bench_cg|0|after:s9_bench_base $BENCH --compile-mode reduce-overhead"
+  "s9_bench_flex|0|after:s9_bench_cg $BENCH ATTN_BACKEND=flex"
+  "s9_gpu_tests|1|after:mamba_build pytest"
+  "s9_bench_conv|1|after:s9_gpu_tests /tmp/variants/triton_conv/$BENCH"
+  "s9_bench_autotune|1|after:s9_bench_conv $BENCH --compile-mode max-autotune-no-cudagraphs"
   # --- ready for the next lease (one H200; ONLY="mamba_build conv_configs bench_base8 bench_triton_conv bench_split_xz
   # bench_scan_grad bench_cudagraphs bench_cdt"): the Triton convolution's two designs alone (needs no mamba-ssm: runs
   # during the build), then the step of this script and of three candidates (measurements/variants/), CUDA graphs for
