@@ -1094,6 +1094,14 @@ def evaluate_bpb(model, data: Data, hp: Hyperparameters, run: Run) -> tuple[floa
 # -----------------------------------------------------------------------------
 
 
+def sum_grads_over_ranks(params: list, run: Run) -> None:
+    """One all-reduce of all gradients, not one per tensor, in fp32; each goes back in its parameter's dtype (on GPU the
+    embedding tables are bf16)."""
+    summed = run.all_reduce(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten().float() for p in params]))
+    for p, g in zip(params, summed.split([p.numel() for p in params])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
 def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: Hyperparameters, run: Run) -> bool:
     """One optimizer step per epoch on the mean loss over the chunk's targets; False, the chunk's training undone, on overflow."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -1106,10 +1114,8 @@ def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: H
                 loss = model(x, y, reduction="none")
             loss = sum(loss[row, f:].sum() for row, (_, _, f) in enumerate(batch)) / chunk_tokens
             loss.backward()
-        if run.world_size > 1:  # one all-reduce of all gradients, not one per tensor
-            summed = run.all_reduce(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params]))
-            for p, g in zip(params, summed.split([p.numel() for p in params])):
-                p.grad = g.view_as(p)
+        if run.world_size > 1:
+            sum_grads_over_ranks(params, run)
         if not torch.stack([p.grad.isfinite().all() for p in params if p.grad is not None]).all():  # same on every rank
             torch._foreach_copy_([p.data for p in params], before)
             run.log(f"ttt: a gradient overflowed at token {windows[0][0]}, epoch {epoch + 1}: chunk undone, adaptation stopped")
