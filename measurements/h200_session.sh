@@ -87,6 +87,18 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
+  # --- ready for the next lease of two H200s (ONLY="mamba_build s10_bench_*", carry .gpu and .fa, FlashAttention-4 unpacked
+  # as for the ninth session): the step alone on one GPU, then under DDP on two (the ninth session's two-GPU profile ran
+  # beside another two-GPU job), then with the model one graph under DDP (variant one_graph_ddp); then the equality
+  # again with TTT on two GPUs (its gradient exchange fixed after the ninth session's eq_2gpu stopped there) and a
+  # second one-GPU run for the run-to-run noise (these need the corpus: a second call, carry .gpu and .gpu_data,
+  # ONLY="s10_eq_*") ---
+  "s10_bench_1gpu|0|after:mamba_build $BENCH"
+  "s10_bench_2gpu|0,1|after:s10_bench_1gpu $BENCH --profile --profile-rows 60"
+  "s10_bench_2gpu_one_graph|0,1|after:s10_bench_2gpu /tmp/variants/one_graph_ddp/$BENCH --profile --profile-rows 60"
+  "s10_eq_1gpu_a|0|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "s10_eq_1gpu_b|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "s10_eq_2gpu|0,1|after:s10_eq_1gpu_a,s10_eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1"
   # --- ninth session (two H200s, nvidia-h200-x2; FlashAttention-4's packages unpacked into /tmp/site first, as
   # measurements/pack_flash_attention.sh says). Call 1 (carry .gpu, .fa; ONLY="mamba_build s9_*"): on GPU 0 this script
   # (FlashAttention-4) with its profile, then CUDA graphs, then FlexAttention for FlashAttention-4's own gain; on GPU 1 the
@@ -186,7 +198,7 @@ JOBS=(
   "eq_2gpu|0,1|after:eq_1gpu_a,eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1"
   "scale_1gpu|0|after:eq_2gpu train_gpt.py $SCALE"
   "scale_2gpu|0,1|after:scale_1gpu train_gpt.py $SCALE TRAIN_BATCH_TOKENS=131072"
-  "bench_2gpu|0,1|after:scale_2gpu $BENCH --profile"
+  "bench_2gpu|0,1|after:eq_2gpu,scale_2gpu $BENCH --profile"  # the ninth session ran it beside eq_2gpu: it named only scale_2gpu
   # --- fourth session (one GPU) ---
   "final1000_before|0|trained:final1000_ttt $BEFORE ITERATIONS=1000 WARMDOWN_ITERS=1750"
   "proxy4000_ttt|0|trained:final1000_ttt train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"
