@@ -92,13 +92,13 @@ JOBS=(
   # beside another two-GPU job), then with the model one graph under DDP (variant one_graph_ddp); then the equality
   # again with TTT on two GPUs (its gradient exchange fixed after the ninth session's eq_2gpu stopped there) and a
   # second one-GPU run for the run-to-run noise (these need the corpus: a second call, carry .gpu and .gpu_data,
-  # ONLY="s10_eq_*") ---
+  # ONLY="s10_eq_*"); recompiles logged, since the ninth session's first 10 two-GPU steps took 262 s, unexplained ---
   "s10_bench_1gpu|0|after:mamba_build $BENCH"
   "s10_bench_2gpu|0,1|after:s10_bench_1gpu $BENCH --profile --profile-rows 60"
   "s10_bench_2gpu_one_graph|0,1|after:s10_bench_2gpu /tmp/variants/one_graph_ddp/$BENCH --profile --profile-rows 60"
   "s10_eq_1gpu_a|0|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
   "s10_eq_1gpu_b|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
-  "s10_eq_2gpu|0,1|after:s10_eq_1gpu_a,s10_eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1"
+  "s10_eq_2gpu|0,1|after:s10_eq_1gpu_a,s10_eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1 TORCH_LOGS=recompiles"
   # --- ninth session (two H200s, nvidia-h200-x2; FlashAttention-4's packages unpacked into /tmp/site first, as
   # measurements/pack_flash_attention.sh says). Call 1 (carry .gpu, .fa; ONLY="mamba_build s9_*"): on GPU 0 this script
   # (FlashAttention-4) with its profile, then CUDA graphs, then FlexAttention for FlashAttention-4's own gain; on GPU 1 the
