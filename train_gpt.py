@@ -9,8 +9,7 @@ The run reads as its phases, each a function named for it:
 
 Launch: `torchrun --standalone --nproc_per_node=8 train_gpt.py` (any GPU count; CPU works for tiny
 configurations). Every setting is an environment variable; the defaults are the record's configuration.
-Bad input stops a run in its first seconds (`error: ...`, exit code 2), a signal at any moment (`stopped: ...`, 0).
-"""
+Bad input stops a run in its first seconds (`error: ...`, exit code 2), a signal at any moment (`stopped: ...`, 0)."""
 
 from __future__ import annotations
 
@@ -140,7 +139,7 @@ class Hyperparameters:
     ttt_freeze_blocks: int = setting(0, within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"))
     # kernels and entry points
     scan_backend: str = setting("auto", (lambda v, hp: v in ("auto", "mamba_ssm", "reference"), "auto, mamba_ssm or reference"))
-    attn_backend: str = setting("auto", (lambda v, hp: v in ("auto", "flex", "reference"), "auto, flex or reference"))
+    attn_backend: str = setting("auto", (lambda v, hp: v in ("auto", "flash", "flex", "reference"), "auto, flash, flex or reference"))
     compile: bool = True  # torch.compile on CUDA (never on CPU)
     eval_only: bool = False
     artifact: str = "final_model.int8.ptz"
@@ -191,11 +190,9 @@ class Run:
 
     def log(self, message: str, console: bool = True) -> None:
         self.last_line = time.perf_counter()
-        if self.rank != 0:
-            return
-        if console:
+        if self.rank == 0 and console:
             print(message, flush=True)
-        if self.log_path is not None:
+        if self.rank == 0 and self.log_path is not None:
             with open(self.log_path, "a", encoding="utf-8") as f:
                 f.write(message + "\n")
 
@@ -203,9 +200,10 @@ class Run:
         if time.perf_counter() - self.last_line > 30:
             self.log(f"progress: {what}")
 
-    def sync(self) -> None:
+    def clock(self) -> float:  # time.perf_counter(), once the GPU has done the work queued so far: for timing it
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     def all_reduce(self, tensor: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
         if self.world_size > 1:
@@ -215,12 +213,10 @@ class Run:
 
 def setup_run(hp: Hyperparameters) -> Run:
     rank, world_size, local_rank = (int(os.environ.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
+    device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
     if world_size > 1:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", device_id=device if device.type == "cuda" else None)
     hp.run_id = hp.run_id or uuid.uuid4().hex[:12]
@@ -320,11 +316,10 @@ class Muon(torch.optim.Optimizer):
 # -----------------------------------------------------------------------------
 # Data
 #
-# Shards: 256 little-endian int32 of header (magic, version, token count), then uint16 tokens. The
-# training stream reads shards in order and wraps; each step every rank takes its own slice of the
-# same global span, so ranks never see the same tokens. Validation is the whole fineweb_val_* stream.
-# Every shard's header and size are checked before training; its tokens (< VOCAB_SIZE) when it loads, as
-# reading all 80 train shards (16 GB) up front would take minutes.
+# Shards: 256 little-endian int32 of header (magic, version, token count), then uint16 tokens. The training stream reads
+# shards in order and wraps; each step every rank takes its own slice of the same global span, so ranks never see the
+# same tokens. Validation is the whole fineweb_val_* stream. Every shard's header and size are checked before training;
+# its tokens (< VOCAB_SIZE) when it loads, as reading all 80 train shards (16 GB) up front would take minutes.
 # -----------------------------------------------------------------------------
 
 SHARD_MAGIC, SHARD_VERSION, SHARD_HEADER_INTS = 20240520, 1, 256
@@ -357,12 +352,16 @@ def shard_paths(data_path: str, split: str) -> list[Path]:
     return paths
 
 
-class TokenStream:
-    """The train shards in order, wrapping; a shard's tokens are checked against the vocabulary when it loads."""
+class DistributedTokenLoader:
+    """The train shards in order, wrapping; a shard's tokens are checked against the vocabulary when it loads. Each call
+    yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len): micro-step m of rank r reads
+    the tokens from (m * world_size + r) * tokens_per_rank on, so a step's global batch is the same for every split of
+    it into ranks and accumulation steps."""
 
-    def __init__(self, paths: list[Path], vocab_size: int):
+    def __init__(self, paths: list[Path], run: Run, tokens_per_rank: int, seq_len: int, vocab_size: int):
         self.paths, self.vocab_size, self.file_index, self.pos = paths, vocab_size, 0, 0
         self.tokens = load_shard(paths[0], vocab_size)
+        self.run, self.tokens_per_rank, self.seq_len = run, tokens_per_rank, seq_len
 
     def take(self, n: int) -> np.ndarray:
         pieces = []
@@ -374,26 +373,9 @@ class TokenStream:
             self.pos, n = self.pos + len(pieces[-1]), n - len(pieces[-1])
         return np.concatenate(pieces)
 
-    def take_span(self, n: int) -> np.ndarray:
-        """n + 1 tokens, advancing by n: a span's last token (only a target) is the next span's first input."""
-        span = self.take(n + 1)
-        self.pos -= 1  # that token came from the current shard, so pos >= 1
-        return span
-
-
-class DistributedTokenLoader:
-    """Each call yields this rank's (inputs, targets) for one micro-step, shaped (sequences, seq_len).
-
-    Micro-step m of rank r reads the tokens from (m * world_size + r) * tokens_per_rank on, so a step's
-    global batch is the same for every split of it into ranks and accumulation steps.
-    """
-
-    def __init__(self, paths: list[Path], run: Run, tokens_per_rank: int, seq_len: int, vocab_size: int):
-        self.stream, self.run = TokenStream(paths, vocab_size), run
-        self.tokens_per_rank, self.seq_len = tokens_per_rank, seq_len
-
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        span = self.stream.take_span(self.tokens_per_rank * self.run.world_size)
+        span = self.take(self.tokens_per_rank * self.run.world_size + 1)
+        self.pos -= 1  # the span's last token (only a target) is the next span's first input; from this shard: pos >= 1
         start = self.run.rank * self.tokens_per_rank
         local = torch.from_numpy(span[start:start + self.tokens_per_rank + 1].astype(np.int64))
         x = local[:-1].view(-1, self.seq_len).to(self.run.device, non_blocking=True)
@@ -450,8 +432,9 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
 # Kernels
 #
 # Two operations have fast CUDA kernels: the selective scan (from the mamba-ssm package) and sliding-window
-# attention (PyTorch's FlexAttention). Each also has a pure-PyTorch reference here, which is what runs on
-# CPU, what the tests check against, and what SCAN_BACKEND / ATTN_BACKEND=reference forces.
+# attention (FlashAttention-4 where the flash-attn-4 package is installed, else PyTorch's FlexAttention). Each also
+# has a pure-PyTorch reference here, which is what runs on CPU, what the tests check against, and what
+# SCAN_BACKEND / ATTN_BACKEND=reference forces.
 # -----------------------------------------------------------------------------
 
 
@@ -486,8 +469,7 @@ def selective_scan_reference(u, delta, A, B, C, D, z, delta_bias):
         states = local + decay_from_start * torch.stack(starts, 1)[:, :, None]
         states = states.view(batch, chunks * chunk, dim, -1)[:, :length]
         y = torch.einsum("bldn,bnl->bdl", states, C)
-        y = (y + D[:, None] * u) * F.silu(z)
-        return y.to(out_dtype)
+        return ((y + D[:, None] * u) * F.silu(z)).to(out_dtype)
 
 
 def causal_conv1d(x, weight, bias):
@@ -499,11 +481,9 @@ def causal_conv1d(x, weight, bias):
 
 
 def sliding_window_attention_reference(q, k, v, window: int):
-    """Causal attention in which each position sees itself and the window-1 positions before it.
-
-    q (b, t, h, hd); k, v (b, t, kv_heads, hd). Queries are cut into blocks of `window`; each block
-    attends to its own keys and the previous block's, under a fixed mask: memory O(t * window).
-    """
+    """Causal attention in which each position sees itself and the window-1 positions before it. q (b, t, h, hd);
+    k, v (b, t, kv_heads, hd). Queries are cut into blocks of `window`; each block attends to its own keys and the
+    previous block's, under a fixed mask: memory O(t * window)."""
     b, t, h, hd = q.shape
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     k, v = (x.repeat_interleave(h // x.size(1), dim=1) for x in (k, v))
@@ -596,10 +576,51 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
     return mamba_scan_forward(u, delta, A.float(), B, C, D.float(), z, delta_bias.float())[0]
 
 
+# FlashAttention-4 (Dao-AILab's kernels in NVIDIA's CuTe DSL: `pip install flash-attn-4`; its backward needs Hopper or
+# newer), 2.5 ms a step faster than FlexAttention on an H200 (README). Its autograd wrapper is opaque to torch.compile
+# too, so its forward and backward are custom operators as the scan's are, in the model's own (b, t, heads, hd) layout.
+@torch.library.custom_op("hymba::flash_attention_forward", mutates_args=())
+def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the output and the rows' log-sum-exp (b, heads, t), which the backward needs."""
+    from flash_attn.cute.interface import _flash_attn_fwd
+    out, lse = _flash_attn_fwd(q, k, v, causal=True, window_size_left=window - 1, window_size_right=0, return_lse=True)[:2]
+    return out, lse
+
+
+@torch.library.custom_op("hymba::flash_attention_backward", mutates_args=())
+def flash_attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                             grad: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from flash_attn.cute.interface import _flash_attn_bwd
+    dq, dk, dv = _flash_attn_bwd(q, k, v, out, grad, lse, causal=True, window_size_left=window - 1, window_size_right=0)
+    return dq, dk, dv
+
+
+flash_attention_forward.register_fake(lambda q, k, v, window: (torch.empty_like(q), q.new_empty(
+    (q.size(0), q.size(2), q.size(1)), dtype=torch.float32)))
+flash_attention_backward.register_fake(lambda q, k, v, out, lse, grad, window: tuple(map(torch.empty_like, (q, k, v))))
+
+
+def _flash_attention_save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:3], *output)
+    ctx.window = inputs[3]
+
+
+def _flash_attention_grads(ctx, grad, _grad_lse):
+    return *flash_attention_backward(*ctx.saved_tensors, grad.contiguous(), ctx.window), None
+
+
+flash_attention_forward.register_autograd(_flash_attention_grads, setup_context=_flash_attention_save)
+
+
+def sliding_window_attention_flash(q, k, v, window: int):
+    return flash_attention_forward(q, k, v, window)[0]
+
+
 KERNEL_CHOICES = {
     # operation: [(backend name, python module it needs or None, function)], fastest first
     "scan": [("mamba_ssm", "mamba_ssm", selective_scan_mamba_ssm), ("reference", None, selective_scan_reference)],
-    "attn": [("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
+    "attn": [("flash", "flash_attn.cute", sliding_window_attention_flash),
+             ("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
              ("reference", None, sliding_window_attention_reference)],
 }
 
@@ -607,16 +628,15 @@ KERNEL_CHOICES = {
 @dataclasses.dataclass
 class Kernels:
     scan: callable
-    attn: callable  # attn(q, k, v, attn_window(t, window, device))
-    attn_window: callable  # the window as the attention kernel takes it, made once per forward
+    attn: callable  # attn(q, k, v, band), band = attn_band(t, window, device)
+    attn_band: callable  # the window in the form the attention kernel takes (its width, or Flex's block mask)
     names: dict
 
 
 def _importable(module: str | None) -> bool:
-    try:
+    with contextlib.suppress(Exception):
         return module is None or bool(__import__(module))
-    except Exception:
-        return False
+    return False
 
 
 def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
@@ -625,16 +645,17 @@ def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
     for op, requested in (("scan", hp.scan_backend), ("attn", hp.attn_backend)):
         options = KERNEL_CHOICES[op]  # the names: Hyperparameters' scan_backend and attn_backend
         for name, module, fn in options:
-            if requested == "auto" and name != "reference" and device.type != "cuda":
-                continue
+            if requested == "auto" and name != "reference" and (device.type != "cuda" or
+                                                                name == "flash" and torch.cuda.get_device_capability(device)[0] < 9):
+                continue  # CUDA kernels only on a GPU; FlashAttention-4 only on Hopper or newer
             if requested in ("auto", name) and _importable(module):
                 chosen[op], names[op] = fn, name
                 break
         else:
             package = next(m for n, m, _ in options if n == requested)
             raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({package}) does not import")
-    attn_window = flex_sliding_window_mask if names["attn"] == "flex" else (lambda t, window, device: window)
-    return Kernels(chosen["scan"], chosen["attn"], attn_window, names)
+    attn_band = flex_sliding_window_mask if names["attn"] == "flex" else (lambda t, window, device: window)
+    return Kernels(chosen["scan"], chosen["attn"], attn_band, names)
 
 
 # -----------------------------------------------------------------------------
@@ -731,8 +752,7 @@ class HymbaMixer(nn.Module):
     def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
         dim, heads, kv_heads = hp.model_dim, hp.num_heads, hp.num_kv_heads
-        self.kernels = kernels
-        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, dim // heads
+        self.kernels, self.heads, self.kv_heads, self.head_dim = kernels, heads, kv_heads, dim // heads
         self.inner, self.state, self.kv_dim = hp.hymba_expand * dim, hp.hymba_ssm_state, kv_heads * self.head_dim
         self.dt_rank = hp.hymba_dt_rank or max(1, dim // 16)
         self.q_proj = Linear(dim, dim, bias=False)
@@ -751,13 +771,13 @@ class HymbaMixer(nn.Module):
         self.out_proj = Linear(dim, dim, bias=False)
         nn.init.zeros_(self.out_proj.weight)
 
-    def forward(self, x: torch.Tensor, window) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, band) -> torch.Tensor:
         b, t, _ = x.shape
         kv_weight, xz_weight = grid_weight(self.in_proj).split([2 * self.kv_dim, 2 * self.inner])
         k, v = F.linear(x, kv_weight).view(b, t, 2 * self.kv_heads, self.head_dim).chunk(2, dim=2)
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         q, k = self.rotary(rms_norm(q)), self.rotary(rms_norm(k))
-        attn = self.kernels.attn(q * self.q_gain.to(q.dtype)[:, None], k.contiguous(), v.contiguous(), window).reshape(b, t, -1)
+        attn = self.kernels.attn(q * self.q_gain.to(q.dtype)[:, None], k.contiguous(), v.contiguous(), band).reshape(b, t, -1)
         # The Mamba branch runs channel-major, (b, channels, t), the layout the scan reads (as mamba-ssm's
         # mamba_inner_fn): its matmuls are W @ x, so no activation is transposed on the way in or out.
         xm, z = channel_major_linear(xz_weight, x.mT).split(self.inner, dim=1)
@@ -794,18 +814,17 @@ class Block(nn.Module):
         self.mixer_scale = nn.Parameter(torch.full((dim,), (layer + 1) ** -0.5))  # deeper blocks start quieter (PR #599)
         self.mlp_scale = nn.Parameter(torch.full((dim,), (layer + 1) ** -0.5))
 
-    def forward(self, x: torch.Tensor, x0: torch.Tensor, window) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, x0: torch.Tensor, band) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
         x = mix[0] * x + mix[1] * x0
-        x = x + self.mixer_scale.to(x.dtype) * self.mixer(rms_norm(x), window)
+        x = x + self.mixer_scale.to(x.dtype) * self.mixer(rms_norm(x), band)
         return x + self.mlp_scale.to(x.dtype) * self.mlp(rms_norm(x))
 
 
 class HymbaGPT(nn.Module):
     def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
-        self.softcap = hp.logit_softcap
-        self.kernels, self.window = kernels, hp.sliding_window
+        self.kernels, self.window, self.softcap = kernels, hp.sliding_window, hp.logit_softcap
         self.tok_emb = Embedding(hp.vocab_size, hp.model_dim)
         self.bigram = BigramHash(hp.vocab_size, hp.bigram_buckets, hp.bigram_hash_dim, hp.model_dim) if hp.use_bigram_hash else None
         self.smear = SmearGate(hp.model_dim) if hp.use_smeargate else None
@@ -824,7 +843,7 @@ class HymbaGPT(nn.Module):
         else:
             nn.init.normal_(self.tok_emb.weight, std=0.005)
 
-    def logits(self, ids: torch.Tensor, window) -> torch.Tensor:
+    def logits(self, ids: torch.Tensor, band) -> torch.Tensor:
         x = self.tok_emb(ids)
         if self.bigram is not None:
             x = x + self.bigram(ids)
@@ -835,7 +854,7 @@ class HymbaGPT(nn.Module):
         for i, block in enumerate(self.blocks):
             if i >= self.num_encoder and skips:  # decoder half: take encoder outputs back in reverse
                 x = x + self.skip_weights[i - self.num_encoder].to(x.dtype) * skips.pop()
-            x = block(x, x0, window)
+            x = block(x, x0, band)
             if i < self.num_encoder:
                 skips.append(x)
         x = rms_norm(x)
@@ -845,20 +864,18 @@ class HymbaGPT(nn.Module):
     def forward(self, ids: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Cross-entropy in nats: the mean, or per token (reduction='none', shaped like targets) for scoring."""
         # made first, outside the compiled graph (FlexAttention's block mask): one graph resumes after it
-        window = self.kernels.attn_window(ids.size(1), self.window, ids.device)
-        logits = self.logits(ids, window)
-        nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction=reduction)
+        band = self.kernels.attn_band(ids.size(1), self.window, ids.device)
+        nll = F.cross_entropy(self.logits(ids, band).flatten(0, 1), targets.flatten(), reduction=reduction)
         return nll.view_as(targets) if reduction == "none" else nll
 
 
 def build_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> HymbaGPT:
     """On GPU the embedding tables are bf16 as in the record, and with rms_norm keeping their dtype so is the residual
-    stream (the record's turns fp32 at its first norm, under autocast): half the traffic of the element-wise kernels."""
+    stream (the record's turns fp32 at its first norm, under autocast), so the element-wise kernels move bf16, not fp32."""
     model = HymbaGPT(hp, kernels).to(device)
     if device.type == "cuda":
-        for module in model.modules():
-            if isinstance(module, nn.Embedding):
-                module.bfloat16()
+        for module in (m for m in model.modules() if isinstance(m, nn.Embedding)):
+            module.bfloat16()
     return model
 
 
@@ -922,8 +939,7 @@ def quantize_state_dict(state_dict: dict, bits: int, coarsen: dict | None = None
 
 def dequantize_state_dict(packed: dict) -> dict:
     out = {name: dequantize_tensor(q, packed["scales"][name]) for name, q in packed["quantized"].items()}
-    out.update(packed["kept"])
-    return {name: t.to(getattr(torch, packed["dtypes"][name])) for name, t in out.items()}
+    return {name: t.to(getattr(torch, packed["dtypes"][name])) for name, t in (out | packed["kept"]).items()}
 
 
 def compress(packed: dict, level: int, progress=lambda what: None) -> bytes:
@@ -1010,11 +1026,10 @@ def artifact_sizes(artifact: str, run: Run) -> dict:
 # -----------------------------------------------------------------------------
 # Evaluation
 #
-# BPB = (nats per token / ln 2) * (tokens / bytes), over every target of the validation stream. The
-# stream is cut into windows of train_seq_len (or, with EVAL_STRIDE, overlapping windows that score only
-# their last EVAL_STRIDE targets); ranks take every world_size-th window and sum in float64.
-# A window is (start, length, score_from): inputs tokens[start:start+length], targets one further on,
-# and only targets from index score_from of the window count.
+# BPB = (nats per token / ln 2) * (tokens / bytes), over every target of the validation stream. The stream is cut into
+# windows of train_seq_len (or, with EVAL_STRIDE, overlapping windows that score only their last EVAL_STRIDE targets);
+# ranks take every world_size-th window and sum in float64. A window is (start, length, score_from): inputs
+# tokens[start:start+length], targets one further on, and only targets from index score_from of the window count.
 # -----------------------------------------------------------------------------
 
 
@@ -1079,6 +1094,14 @@ def evaluate_bpb(model, data: Data, hp: Hyperparameters, run: Run) -> tuple[floa
 # -----------------------------------------------------------------------------
 
 
+def sum_grads_over_ranks(params: list, run: Run) -> None:
+    """One all-reduce of all gradients, not one per tensor, in fp32; each goes back in its parameter's dtype (on GPU the
+    embedding tables are bf16)."""
+    summed = run.all_reduce(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten().float() for p in params]))
+    for p, g in zip(params, summed.split([p.numel() for p in params])):
+        p.grad = g.view_as(p).to(p.dtype)
+
+
 def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: Hyperparameters, run: Run) -> bool:
     """One optimizer step per epoch on the mean loss over the chunk's targets; False, the chunk's training undone, on overflow."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -1091,10 +1114,8 @@ def ttt_train_chunk(model, tokens: torch.Tensor, windows: list, optimizer, hp: H
                 loss = model(x, y, reduction="none")
             loss = sum(loss[row, f:].sum() for row, (_, _, f) in enumerate(batch)) / chunk_tokens
             loss.backward()
-        if run.world_size > 1:  # one all-reduce of all gradients, not one per tensor
-            summed = run.all_reduce(torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params]))
-            for p, g in zip(params, summed.split([p.numel() for p in params])):
-                p.grad = g.view_as(p)
+        if run.world_size > 1:
+            sum_grads_over_ranks(params, run)
         if not torch.stack([p.grad.isfinite().all() for p in params if p.grad is not None]).all():  # same on every rank
             torch._foreach_copy_([p.data for p in params], before)
             run.log(f"ttt: a gradient overflowed at token {windows[0][0]}, epoch {epoch + 1}: chunk undone, adaptation stopped")
@@ -1115,11 +1136,9 @@ def evaluate_with_ttt(model, data: Data, hp: Hyperparameters, run: Run, eval_sta
     run.log(f"ttt: {len(chunk_starts)} chunks of {hp.ttt_chunk_tokens} tokens, score first, then adapt")
     for index, first in enumerate(chunk_starts):
         windows = make_windows(first, min(first + hp.ttt_chunk_tokens, n), hp.train_seq_len, hp.eval_stride)
-        run.sync()
-        t0 = time.perf_counter()
+        t0 = run.clock()
         totals += score_windows(model, data.val_tokens, windows, data.byte_tables, hp.eval_batch_seqs, run)
-        run.sync()
-        score_seconds += time.perf_counter() - t0
+        score_seconds += run.clock() - t0
         remaining = len(chunk_starts) - index - 1
         if remaining == 0:
             break
@@ -1200,9 +1219,8 @@ def build_optimizers(hp: Hyperparameters, model: HymbaGPT, run: Run) -> list[tor
     direction = torch.compile(muon_direction, dynamic=False) if hp.compile and run.device.type == "cuda" else muon_direction
     muon = Muon(matrices, hp.matrix_lr, hp.muon_momentum, hp.muon_backend_steps, hp.weight_decay, run.rank,
                 run.world_size, direction)
-    for opt in (adam, muon):
-        for group in opt.param_groups:
-            group["base_lr"] = group["lr"]
+    for group in (group for opt in (adam, muon) for group in opt.param_groups):
+        group["base_lr"] = group["lr"]
     return [adam, muon]
 
 
@@ -1237,7 +1255,6 @@ class EMA:
             torch._foreach_lerp_(list(self.shadow.values()), current, 1 - self.decay ** self.every)
 
     def weights(self, model: nn.Module) -> dict:
-        """The average as a state dict of the model's dtypes."""
         return {name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()}
 
 
@@ -1339,21 +1356,18 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
     ema = EMA(model, hp.ema_decay, hp.ema_every)
     train_ms, step, qat_on = 0.0, 0, False
-    run.sync()
-    t0 = time.perf_counter()
+    t0 = run.clock()
     by_time = f", or by time: from step 0 if a step takes over {hp.max_wallclock_seconds / (hp.warmdown_iters + 1):.3f}s"
     run.log(f"lr_schedule: {hp.warmdown_shape} warmdown from step {max(hp.iterations - hp.warmdown_iters, 0)}"
             + by_time * (hp.max_wallclock_seconds > 0))
     STOP.saved = None  # deferred until the weights are on disk (and, if training stops early, while the run winds down)
     while step < hp.iterations:
         if hp.val_loss_every > 0 and step % hp.val_loss_every == 0:
-            run.sync()
-            train_ms += (time.perf_counter() - t0) * 1000
+            train_ms += (run.clock() - t0) * 1000
             loss, bpb = evaluate_bpb(compiled, data, hp, run)
             run.log(f"step:{step}/{hp.iterations} val_loss:{loss:.4f} val_bpb:{bpb:.4f} train_time:{train_ms:.0f}ms "
                     f"step_avg:{train_ms / max(step, 1):.2f}ms")
-            run.sync()
-            t0 = time.perf_counter()
+            t0 = run.clock()
         elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
         multiplier, momentum = lr_multiplier(step, elapsed_ms, hp), muon_momentum(step, hp)
         for group in (group for opt in optimizers for group in opt.param_groups):  # momentum: Muon's (Adam ignores it)
@@ -1369,9 +1383,9 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
             mean_loss = run.all_reduce(loss.clone()).item() / run.world_size
             run.log(f"step:{step}/{hp.iterations} train_loss:{mean_loss:.4f} train_time:{elapsed_ms:.0f}ms "
                     f"step_avg:{elapsed_ms / step:.2f}ms")
-        # The step's one sync: all ranks learn at once whether any ran out of time, got a signal or a non-finite loss, so
-        # they stop at the same step, and whether QAT is due, so they start it together. Time looks a step ahead, so that
-        # training ends before its limit, not a step after it.
+        # The step's one sync (a logging step adds the loss's): all ranks learn at once whether any ran out of time, got a
+        # signal or a non-finite loss, so they stop at the same step, and whether QAT is due, so they start it together.
+        # Time looks a step ahead, so that training ends before its limit, not a step after it.
         time_frac = elapsed_ms * (step + 1) / step / (hp.max_wallclock_seconds * 1000) if hp.max_wallclock_seconds > 0 else 0.0
         flags = torch.tensor([time_frac >= 1, bool(STOP.name), max(time_frac, step / hp.iterations) >= hp.qat_start_frac], device=run.device)
         flags = run.all_reduce(torch.cat((flags, ~torch.isfinite(loss).view(1))).int(), dist.ReduceOp.MAX)
@@ -1394,8 +1408,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         if out_of_time:
             run.log(f"stopping_early: wallclock_cap train_time:{elapsed_ms:.0f}ms step:{step}/{hp.iterations}")
             break
-    run.sync()
-    train_ms += (time.perf_counter() - t0) * 1000
+    train_ms += (run.clock() - t0) * 1000
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms step_avg:{train_ms / max(step, 1):.2f}ms")
     if hp.ema_decay ** (step // hp.ema_every * hp.ema_every) > 0.5:  # the initial weights' share of the EMA
         run.log("WARNING: the EMA exported is still mostly the initial weights: too few steps for EMA_DECAY, EMA_EVERY")

@@ -1,11 +1,11 @@
-"""Time sliding-window attention at one layer's shape: FlashAttention-4 (measurements/flash_attention.py, the flash-attn-4
+"""Time sliding-window attention at one layer's shape: FlashAttention-4 (train_gpt's "flash" backend, the flash-attn-4
 package's CuTe kernels) against FlexAttention as the script compiles it ("flex").
 
     python measurements/attention_timing.py [--json results.json]
 
 Shape: one H200's share of the record's step, 2 sequences x 32,768 positions, 8 query and 4 key/value heads of 64,
 window 1,024, bf16. Forward, and forward + backward, each inside torch.compile as in the model (the flash kernels as
-custom operators). Times per layer (the model runs 8): the GPU kernels' own time (from the profiler,
+the script's custom operators). Times per layer (the model runs 8): the GPU kernels' own time (from the profiler,
 10 runs) and the wall-clock of one call (CUDA events). Each backend's output and gradients are compared with the
 first row's, and that row's with the exact attention of the first 4,096 positions (train_gpt's reference).
 """
@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-import flash_attention  # noqa: E402
 import train_gpt as tg  # noqa: E402
 from kernel_table import TABLE_COLUMNS, relative_error, time_candidate  # noqa: E402
 
@@ -34,7 +33,7 @@ def main():
     grad = torch.randn(shape(HEADS), device="cuda", dtype=torch.bfloat16)
     rows, first = [], None
     print(f"| attention | {TABLE_COLUMNS}\n|---|---|---|---|---|---|")
-    for name, attn in (("flash", flash_attention.sliding_window_attention_flash), ("flex", tg.sliding_window_attention_flex)):
+    for name, attn in (("flash", tg.sliding_window_attention_flash), ("flex", tg.sliding_window_attention_flex)):
         window = tg.flex_sliding_window_mask(LENGTH, WINDOW, q.device) if name == "flex" else WINDOW
         compiled = torch.compile(lambda q, k, v: attn(q, k, v, window), dynamic=False)
         forward = lambda: compiled(q, k, v)

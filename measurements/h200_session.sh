@@ -87,13 +87,38 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
+  # --- ready for the next lease of two H200s (ONLY="mamba_build s10_bench_*", carry .gpu and .fa, FlashAttention-4 unpacked
+  # as for the ninth session): the step alone on one GPU, then under DDP on two (the ninth session's two-GPU profile ran
+  # beside another two-GPU job), then with the model one graph under DDP (variant one_graph_ddp); then the equality
+  # again with TTT on two GPUs (its gradient exchange fixed after the ninth session's eq_2gpu stopped there) and a
+  # second one-GPU run for the run-to-run noise (these need the corpus: a second call, carry .gpu and .gpu_data,
+  # ONLY="s10_eq_*"); recompiles logged, since the ninth session's first 10 two-GPU steps took 262 s, unexplained ---
+  "s10_bench_1gpu|0|after:mamba_build $BENCH"
+  "s10_bench_2gpu|0,1|after:s10_bench_1gpu $BENCH --profile --profile-rows 60"
+  "s10_bench_2gpu_one_graph|0,1|after:s10_bench_2gpu /tmp/variants/one_graph_ddp/$BENCH --profile --profile-rows 60"
+  "s10_eq_1gpu_a|0|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "s10_eq_1gpu_b|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "s10_eq_2gpu|0,1|after:s10_eq_1gpu_a,s10_eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1 TORCH_LOGS=recompiles"
+  # --- ninth session (two H200s, nvidia-h200-x2; FlashAttention-4's packages unpacked into /tmp/site first, as
+  # measurements/pack_flash_attention.sh says). Call 1 (carry .gpu, .fa; ONLY="mamba_build s9_*"): on GPU 0 this script
+  # (FlashAttention-4) with its profile, then CUDA graphs, then FlexAttention for FlashAttention-4's own gain; on GPU 1 the
+  # GPU tests, the two-pass Triton convolution's own row, and Inductor's Triton matmul templates (max-autotune, no CUDA
+  # graphs), whose compile may not finish. Call 2 (carry .gpu, .gpu_data; ONLY="final1000 gpu_tests10 eq_1gpu_a"): the
+  # end-to-end run that becomes train.log on GPU 0, the one-GPU side of the equality on GPU 1. Call 3 (ONLY="eq_2gpu
+  # bench_2gpu"): the two-GPU side, and the step under DDP on two GPUs ---
+  "s9_bench_base|0|after:mamba_build $BENCH --profile --profile-rows 60"
+  "s9_bench_cg|0|after:s9_bench_base $BENCH --compile-mode reduce-overhead"
+  "s9_bench_flex|0|after:s9_bench_cg $BENCH ATTN_BACKEND=flex"
+  "s9_gpu_tests|1|after:mamba_build pytest"
+  "s9_bench_conv|1|after:s9_gpu_tests /tmp/variants/triton_conv/$BENCH"
+  "s9_bench_autotune|1|after:s9_bench_conv $BENCH --compile-mode max-autotune-no-cudagraphs"
   # --- ready for the next lease (one H200; ONLY="mamba_build conv_configs bench_base8 bench_triton_conv bench_split_xz
   # bench_scan_grad bench_cudagraphs bench_cdt"): the Triton convolution's two designs alone (needs no mamba-ssm: runs
   # during the build), then the step of this script and of three candidates (measurements/variants/), CUDA graphs for
   # the model (the third session's -0.71 ms was before the Flex tile sizes; never timed with them), then Inductor's
   # coordinate descent tuning, whose compile ran past 340 s in the seventh session (bench_cdt7, unfinished) ---
-  # --- eighth session (one H200): FlashAttention-4 (flash-attn-4's CuTe kernels; measurements/flash_attention.py, the
-  # variant flash_attention), its packages carried as one archive and unpacked into /tmp/site (README). Call 2: alone at
+  # --- eighth session (one H200): FlashAttention-4 (flash-attn-4's CuTe kernels; then measurements/flash_attention.py, the
+  # variant flash_attention, both since folded into train_gpt.py), its packages carried as one archive and unpacked into /tmp/site (README). Call 2: alone at
   # one layer's shape, then in the step against FlexAttention, then the GPU tests (then run with the operators inside
   # train_gpt.py, as the variant writes them). Call 3: the variant again, the three variants that gained together, the
   # GPU tests, and CUDA graphs with it. (Call 1 was bench_base8, bench_split_xz, bench_scan_grad and conv_configs.) ---
@@ -104,7 +129,7 @@ JOBS=(
   "bench_flash2|0|after:mamba_build /tmp/variants/flash_attention/$BENCH"
   "bench_bundle|0|after:bench_flash2 /tmp/variants/flash_conv_scan_grad/$BENCH --profile --profile-rows 60"
   "gpu_tests9|0|after:bench_bundle pytest"
-  "bench_flash_cg|0|after:mamba_build,gpu_tests9 /tmp/variants/flash_attention/$BENCH --compile-mode reduce-overhead"
+  "bench_flash_cg|0|after:mamba_build,gpu_tests9 $BENCH --compile-mode reduce-overhead"  # the variant is train_gpt.py now
   # --- ready for the next lease, once FlashAttention-4 is in train_gpt.py: two calls on one warm machine, since its
   # packages (.fa/, 55 MB) and the corpus (36 MB) cannot travel together. (1) carry [".gpu", ".fa"], unpack and export
   # PYTHONPATH as measurements/pack_flash_attention.sh says, ONLY="mamba_build bench_flash_cg", wait 400; (2) within 30 s,
@@ -173,7 +198,7 @@ JOBS=(
   "eq_2gpu|0,1|after:eq_1gpu_a,eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1"
   "scale_1gpu|0|after:eq_2gpu train_gpt.py $SCALE"
   "scale_2gpu|0,1|after:scale_1gpu train_gpt.py $SCALE TRAIN_BATCH_TOKENS=131072"
-  "bench_2gpu|0,1|after:scale_2gpu $BENCH --profile"
+  "bench_2gpu|0,1|after:eq_2gpu,scale_2gpu $BENCH --profile"  # the ninth session ran it beside eq_2gpu: it named only scale_2gpu
   # --- fourth session (one GPU) ---
   "final1000_before|0|trained:final1000_ttt $BEFORE ITERATIONS=1000 WARMDOWN_ITERS=1750"
   "proxy4000_ttt|0|trained:final1000_ttt train_gpt.py ITERATIONS=4000 TORCH_LOGS=recompiles"

@@ -100,7 +100,7 @@ def test_validation_of_one_sequence_is_enough(data_copy, tokenizer_path):
     ("EVAL_STRIDE", "65", "must be in 0..TRAIN_SEQ_LEN=64"),
     ("SLIDING_WINDOW", "0", "must be >= 1"),
     ("TRAIN_SEQ_LEN", "0", "must be >= 1"),
-    ("ATTN_BACKEND", "flash3", "must be auto, flex or reference"),
+    ("ATTN_BACKEND", "flash3", "must be auto, flash, flex or reference"),
 ])
 def test_bad_setting(tmp_path, dataset, tokenizer_path, name, value, expected):
     fails_fast(tmp_path, paths(dataset, tokenizer_path, **{name: value}), f"{name}=", expected)

@@ -139,12 +139,11 @@ def test_flex_attention_matches_reference():
 def test_flash_attention_matches_reference():
     if torch.cuda.get_device_capability()[0] < 9:
         pytest.skip("FlashAttention-4's backward needs Hopper or newer")
-    import flash_attention  # measurements/, on the path through conftest.py
-    compare(lambda **kw: flash_attention.sliding_window_attention_flash(**kw, window=W),
+    compare(lambda **kw: tg.sliding_window_attention_flash(**kw, window=W),
             lambda **kw: tg.sliding_window_attention_reference(**kw, window=W), attention_inputs(), "flash attention")
     # the operators' declared output shapes, dtypes and strides against the kernels', and their autograd
     q, k, v = (t.requires_grad_() for t in attention_inputs().values())
-    torch.library.opcheck(flash_attention.flash_attention_forward, (q, k, v, W),
+    torch.library.opcheck(tg.flash_attention_forward, (q, k, v, W),
                           test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -86,7 +86,7 @@ def test_model_is_causal():
     model = randomized_model()
     torch.manual_seed(1)
     ids = torch.randint(0, 320, (2, 80))
-    base = model.logits(ids, model.window)
+    base = model.logits(ids, model.window)  # the reference attention takes the window as its width
     for t in (0, 17, 40, 78):
         changed = ids.clone()
         changed[:, t + 1:] = torch.randint(0, 320, changed[:, t + 1:].shape)
@@ -196,6 +196,43 @@ def test_model_traces_as_one_graph_with_the_scan_operator(monkeypatch):
     torch._dynamo.reset()
     explanation = torch._dynamo.explain(model)(ids, ids)
     assert explanation.graph_break_count == 0, [str(r.reason) for r in explanation.break_reasons]
+
+
+class StandInFlashInterface:
+    """flash_attn.cute.interface's _flash_attn_fwd/_bwd calling conventions, computed with the reference attention."""
+
+    @staticmethod
+    def attention(q, k, v, causal, window_size_left, window_size_right):
+        assert causal and window_size_right == 0
+        return tg.sliding_window_attention_reference(q, k, v, window_size_left + 1)  # the left size excludes the query
+
+    @staticmethod
+    def _flash_attn_fwd(q, k, v, causal, window_size_left, window_size_right, return_lse):
+        out = StandInFlashInterface.attention(q, k, v, causal, window_size_left, window_size_right).contiguous()
+        lse = torch.randn(q.size(0), q.size(2), q.size(1), dtype=torch.float32)  # (b, heads, t), as the kernel's
+        StandInFlashInterface.saved = (out.detach().clone(), lse.clone())
+        return out, lse, None, None, None
+
+    @staticmethod
+    def _flash_attn_bwd(q, k, v, out, dout, lse, causal, window_size_left, window_size_right):
+        assert torch.equal(out, StandInFlashInterface.saved[0]) and torch.equal(lse, StandInFlashInterface.saved[1])
+        _, vjp = torch.func.vjp(lambda *qkv: StandInFlashInterface.attention(*qkv, causal, window_size_left, window_size_right),
+                                q, k, v)
+        return vjp(dout)
+
+
+def test_flash_attention_operator_wiring(monkeypatch):
+    """The custom operators around FlashAttention-4 pass the window, saved tensors and gradients in the right order."""
+    monkeypatch.setitem(sys.modules, "flash_attn.cute.interface", StandInFlashInterface)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 50, heads, 8, dtype=torch.float64, requires_grad=True) for heads in (4, 2, 2))
+    grad = torch.randn(2, 50, 4, 8, dtype=torch.float64)
+    out_op = tg.sliding_window_attention_flash(q, k, v, 16)
+    out_ref = tg.sliding_window_attention_reference(q, k, v, 16)
+    torch.testing.assert_close(out_op, out_ref)
+    for name, g_op, g_ref in zip("qkv", torch.autograd.grad(out_op, (q, k, v), grad), torch.autograd.grad(out_ref, (q, k, v), grad)):
+        torch.testing.assert_close(g_op, g_ref, msg=f"gradient of {name}")
+    torch.library.opcheck(tg.flash_attention_forward, (q, k, v, 16), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_channel_major_linear_is_the_token_major_product_transposed():
@@ -497,6 +534,18 @@ def test_ttt_stops_adapting_when_the_budget_is_spent(tokenizer_path, monkeypatch
     loss, bpb = tg.evaluate_with_ttt(model, tiny_data(tokenizer_path), hp, tg.Run(0, 1, torch.device("cpu"), None),
                                      eval_start=0.0)
     assert calls == [] and math.isfinite(bpb)
+
+
+def test_ttt_sums_gradients_over_ranks_in_each_parameters_dtype():
+    """On GPU the embedding tables are bf16 and the rest fp32 (build_model): the summed gradients go back to each
+    parameter in its own dtype. Two GPUs' TTT stopped on this (ninth session: a bf16 table given an fp32 gradient)."""
+    run = tg.Run(0, 2, torch.device("cpu"), None)
+    run.all_reduce = lambda tensor, op=None: tensor * 2  # both ranks hold the same gradients
+    table, weight, unused = (torch.nn.Parameter(t) for t in (torch.ones(3, 2, dtype=torch.bfloat16), torch.ones(4), torch.ones(2)))
+    table.grad, weight.grad = torch.full((3, 2), 0.75, dtype=torch.bfloat16), torch.arange(4.0)
+    tg.sum_grads_over_ranks([table, weight, unused], run)
+    assert (table.grad.dtype, weight.grad.dtype, unused.grad.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    assert table.grad.eq(1.5).all() and weight.grad.equal(torch.arange(0.0, 8.0, 2.0)) and unused.grad.eq(0).all()
 
 
 # --- schedule and EMA ------------------------------------------------------------------------------
