@@ -15,8 +15,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from variant_edit import write_variant  # noqa: E402
 
-OLD = "    torch._dynamo.config.cache_size_limit = 64\n"
-NEW = OLD + "    torch._dynamo.config.optimize_ddp = False  # one graph under DDP: its split at the buckets cost fusion (README)\n"
+OLD = "    torch._dynamo.config.cache_size_limit = 64"  # the line, whatever its comment: the new one goes before it
+NEW = "    torch._dynamo.config.optimize_ddp = False  # one graph under DDP: its split at the buckets cost fusion (README)\n" + OLD
 
 if __name__ == "__main__":
     write_variant("one_graph_ddp", [(OLD, NEW)])
