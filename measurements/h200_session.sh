@@ -87,18 +87,30 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
-  # --- ready for the next lease of two H200s (ONLY="mamba_build s10_bench_*", carry .gpu and .fa, FlashAttention-4 unpacked
-  # as for the ninth session): the step alone on one GPU, then under DDP on two (the ninth session's two-GPU profile ran
-  # beside another two-GPU job), then with the model one graph under DDP (variant one_graph_ddp); then the equality
-  # again with TTT on two GPUs (its gradient exchange fixed after the ninth session's eq_2gpu stopped there) and a
-  # second one-GPU run for the run-to-run noise (these need the corpus: a second call, carry .gpu and .gpu_data,
-  # ONLY="s10_eq_*"); recompiles logged, since the ninth session's first 10 two-GPU steps took 262 s, unexplained ---
-  "s10_bench_1gpu|0|after:mamba_build $BENCH"
-  "s10_bench_2gpu|0,1|after:s10_bench_1gpu $BENCH --profile --profile-rows 60"
-  "s10_bench_2gpu_one_graph|0,1|after:s10_bench_2gpu /tmp/variants/one_graph_ddp/$BENCH --profile --profile-rows 60"
-  "s10_eq_1gpu_a|0|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
-  "s10_eq_1gpu_b|1|after:mamba_build train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
-  "s10_eq_2gpu|0,1|after:s10_eq_1gpu_a,s10_eq_1gpu_b train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1 TORCH_LOGS=recompiles"
+  # --- ready for the next lease (one H200 or two), calls on one warm machine: (1) carry .gpu and .fa, unpack
+  # FlashAttention-4 as below, ONLY="mamba_build"; (2) carry .gpu and .gpu_data, ONLY="final1000 gpu_tests10": this
+  # script's end-to-end run, for train.log; (3) on two GPUs, ONLY="s10c_eq_2gpu": the equality's two-GPU run again, the
+  # clock now started once every rank has warmed up, so its first 10 steps should take about a second, not 222 s ---
+  # --- tenth session (two H200s, nvidia-h200-x2), run at ebede7c on branch adopt-triton-conv, whose script has the
+  # Triton convolution (CONV_BACKEND=triton; not on main, so check that commit out to run the s10a jobs again) and one
+  # graph under DDP (optimize_ddp off), FlashAttention-4 unpacked into /tmp/site as for the ninth. Three calls on one
+  # warm machine, each job set started once the last has ended (`wait`, then `start`). (a) carry .gpu and .fa,
+  # ONLY="mamba_build s10a_*": the convolution alone beside the probe's designs (during the build), the step with it
+  # (GPU 0, profiled) and with CONV_BACKEND=reference (GPU 1, side by side), the GPU tests; then the step under DDP on
+  # both GPUs, one graph (the script) and split at the buckets (variant ddp_buckets). (b) carry .gpu and .gpu_data,
+  # ONLY="s10b_*": that script's end-to-end run (GPU 0; not train.log: the convolution gained nothing, README), and two
+  # one-GPU runs of the equality's global batch (GPU 1), whose difference is the run-to-run noise. (c) ONLY="s10c_*":
+  # the equality's two-GPU run, with TTT and recompiles logged ---
+  "s10a_conv_configs|1|measurements/conv_configs.py --json conv_configs.json"
+  "s10a_bench|0|after:mamba_build $BENCH --profile --profile-rows 60"
+  "s10a_bench_ref|1|after:mamba_build,s10a_conv_configs $BENCH CONV_BACKEND=reference"
+  "s10a_gpu_tests|1|after:s10a_bench_ref pytest"
+  "s10a_bench_2gpu|0,1|after:s10a_bench,s10a_gpu_tests $BENCH --profile --profile-rows 60"
+  "s10a_bench_2gpu_buckets|0,1|after:s10a_bench_2gpu /tmp/variants/ddp_buckets/$BENCH --profile --profile-rows 60"
+  "s10b_final1000|0|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
+  "s10b_eq_1gpu_a|1|train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "s10b_eq_1gpu_b|1|after:s10b_eq_1gpu_a train_gpt.py $EQ GRAD_ACCUM_STEPS=2 TTT_ENABLED=0"
+  "s10c_eq_2gpu|0,1|train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1 TORCH_LOGS=recompiles"
   # --- ninth session (two H200s, nvidia-h200-x2; FlashAttention-4's packages unpacked into /tmp/site first, as
   # measurements/pack_flash_attention.sh says). Call 1 (carry .gpu, .fa; ONLY="mamba_build s9_*"): on GPU 0 this script
   # (FlashAttention-4) with its profile, then CUDA graphs, then FlexAttention for FlashAttention-4's own gain; on GPU 1 the
