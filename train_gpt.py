@@ -1357,6 +1357,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len, hp.vocab_size)
     ema = EMA(model, hp.ema_decay, hp.ema_every)
     train_ms, step, qat_on = 0.0, 0, False
+    run.all_reduce(torch.zeros((), device=run.device))  # every rank warmed up (ranks compile their own evaluation shapes)
     t0 = run.clock()
     by_time = f", or by time: from step 0 if a step takes over {hp.max_wallclock_seconds / (hp.warmdown_iters + 1):.3f}s"
     run.log(f"lr_schedule: {hp.warmdown_shape} warmdown from step {max(hp.iterations - hp.warmdown_iters, 0)}"

@@ -271,3 +271,24 @@ def test_rank_check_catches_different_weights(tmp_path):
     for rank in (0, 1):  # both ranks see the disagreement, so both stop
         assert (tmp_path / f"caught{rank}.txt").read_text() == \
             "ranks hold different weights after a nudge: 1 tensors differ, first 1.bias"
+
+
+def test_the_training_clock_starts_once_every_rank_has_warmed_up(tmp_path, dataset, tokenizer_path):
+    """Ranks compile their own evaluation shapes in the warm-up, so one may finish it minutes after another (ninth and tenth
+    sessions, two H200s): the clock must not start while a rank is still warming up. Here rank 1's warm-up ends 5 s late."""
+    script = tmp_path / "late.py"
+    script.write_text(
+        "import sys, time\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import train_gpt as tg\n"
+        "compile_evaluation = tg.compile_evaluation\n"
+        "def late(model, compiled, data, hp, run):\n"
+        "    compile_evaluation(model, compiled, data, hp, run)\n"
+        "    time.sleep(5 * run.rank)\n"
+        "tg.compile_evaluation = late\n"
+        "sys.exit(tg.main())\n")
+    result = torchrun(tmp_path, paths(dataset, tokenizer_path, GRAD_ACCUM_STEPS=1, ITERATIONS=2, TRAIN_LOG_EVERY=1,
+                                      VAL_LOSS_EVERY=0, TTT_ENABLED=0), script)
+    assert result.returncode == 0, result.stderr[-2000:]
+    first = re.search(r"^step:1/2 train_loss:\S+ train_time:(\d+)ms", result.stdout, re.M)
+    assert first and int(first.group(1)) < 2500, result.stdout[-2000:]
