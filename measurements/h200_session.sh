@@ -87,10 +87,18 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
-  # --- ready for the next lease (one H200 or two), calls on one warm machine: (1) carry .gpu and .fa, unpack
-  # FlashAttention-4 as below, ONLY="mamba_build"; (2) carry .gpu and .gpu_data, ONLY="final1000 gpu_tests10": this
-  # script's end-to-end run, for train.log; (3) on two GPUs, ONLY="s10c_eq_2gpu": the equality's two-GPU run again, the
+  # --- ready for the next lease (two H200s; on one, give s11_autotune GPU 0 and after:s11_gpu_tests), calls on one warm
+  # machine, FlashAttention-4 unpacked as below: (1) carry .gpu and .fa, ONLY="mamba_build s11_bench s11_gpu_tests
+  # s11_autotune": this script's step and profile, its GPU tests, and beside them Inductor's max-autotune with the rest
+  # of the call to compile in (unfinished within 3 minutes in the ninth session); (2) carry .gpu and .gpu_data,
+  # ONLY="s11_final1000": this script's end-to-end run, for train.log (alone: nothing beside it on the other GPU, since
+  # the tenth session's ran slower beside other runs); (3) ONLY="s11_eq_2gpu": the equality's two-GPU run again, the
   # clock now started once every rank has warmed up, so its first 10 steps should take about a second, not 222 s ---
+  "s11_bench|0|after:mamba_build $BENCH --profile --profile-rows 60"
+  "s11_gpu_tests|0|after:s11_bench pytest"
+  "s11_autotune|1|after:mamba_build $BENCH --compile-mode max-autotune-no-cudagraphs"
+  "s11_final1000|0|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
+  "s11_eq_2gpu|0,1|train_gpt.py $EQ GRAD_ACCUM_STEPS=1 TTT_ENABLED=1 TORCH_LOGS=recompiles"
   # --- tenth session (two H200s, nvidia-h200-x2), run at ebede7c on branch adopt-triton-conv, whose script has the
   # Triton convolution (CONV_BACKEND=triton; not on main, so check that commit out to run the s10a jobs again) and one
   # graph under DDP (optimize_ddp off), FlashAttention-4 unpacked into /tmp/site as for the ninth. Three calls on one
