@@ -87,7 +87,15 @@ BEFORE=/tmp/variants/0_before_session4/train_gpt.py  # the script at the start o
 JOBS=(
   # name | GPUs | command, run in /tmp/runs/NAME; scripts given relative to the repository. It may begin with "after:A,B"
   # (wait for those jobs to end) or "trained:A,B" (for their training to end: their step times are then their own)
-  # --- ready for the next lease (two H200s; on one, give s11_autotune GPU 0 and after:s11_gpu_tests), calls on one warm
+  # --- eleventh session (one H200), two calls on one warm machine, FlashAttention-4 unpacked as below: (1) carry .gpu and
+  # .fa, ONLY="mamba_build s12_bench s12_combo": this script's step and profile, then Inductor's combo kernels (independent
+  # small kernels launched as one); (2) carry .gpu and .gpu_data, ONLY="s12_final1000 s12_gpu_tests": the end-to-end run
+  # for train.log, alone on the GPU, then the GPU tests ---
+  "s12_bench|0|after:mamba_build $BENCH --profile --profile-rows 60"
+  "s12_combo|0|after:s12_bench $BENCH --inductor combo_kernels=True"
+  "s12_final1000|0|train_gpt.py ITERATIONS=1000 WARMDOWN_ITERS=1750 TORCH_LOGS=recompiles"
+  "s12_gpu_tests|0|after:s12_final1000 pytest"
+  # --- tenth session's plan for the next lease (two H200s; on one, give s11_autotune GPU 0 and after:s11_gpu_tests), calls on one warm
   # machine, FlashAttention-4 unpacked as below: (1) carry .gpu and .fa, ONLY="mamba_build s11_bench s11_gpu_tests
   # s11_autotune": this script's step and profile, its GPU tests, and beside them Inductor's max-autotune with the rest
   # of the call to compile in (unfinished within 3 minutes in the ninth session); (2) carry .gpu and .gpu_data,

@@ -61,6 +61,8 @@ def time_scan(scan, leaves: dict, grad: torch.Tensor):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write every row here")
+    parser.add_argument("--settings", help="a JSON list of settings to time instead of SETTINGS")
+    parser.add_argument("--profile", action="store_true", help="then each kernel's time for the fastest settings")
     args = parser.parse_args()
     leaves = {k: v.detach().requires_grad_(v.is_floating_point()) for k, v in inputs().items()}
     grad = torch.randn(BATCH, LENGTH, DIM, device="cuda", dtype=torch.bfloat16)
@@ -78,7 +80,7 @@ def main():
     print("|---|---|---|---|---|")
     if rows:
         print(f"| mamba-ssm (channel-major) | {rows[0]['forward_ms']:.3f} | {rows[0]['backward_ms']:.3f} | {rows[0]['total_ms']:.3f} | reference |", flush=True)
-    for settings in SETTINGS:
+    for settings in json.loads(args.settings) if args.settings else SETTINGS:
         try:
             fwd, bwd, results = time_scan(lambda s=settings, **kw: selective_scan_tokens(**kw, **s), leaves, grad)
         except Exception as e:  # e.g. out of registers or shared memory: reported, not fatal
@@ -91,6 +93,17 @@ def main():
         print(f"| {settings} | {fwd:.3f} | {bwd:.3f} | {fwd + bwd:.3f} | {max(errors):.2e} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.profile:
+        best = min((r for r in rows if "mamba_ssm" not in r["settings"]), key=lambda r: r["total_ms"])["settings"]
+        differentiable = [v for v in leaves.values() if v.requires_grad]
+        step = lambda: torch.autograd.grad(selective_scan_tokens(**leaves, **best), differentiable, grad)
+        step()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        print(f"kernels of {best}, 5 forward + backward:")
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15))
 
 
 if __name__ == "__main__":
