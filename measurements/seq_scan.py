@@ -53,6 +53,23 @@ def _store_rows(ptr, index, values, mask, N: tl.constexpr):
         tl.store(ptr + index * N + n, values[n], mask=mask)
 
 
+@triton.jit
+def _program(A_ptr, bias_ptr, D_ptr, dim, BLOCK: tl.constexpr, N: tl.constexpr):
+    """A program's batch, chunk and channels, and its channels' A (N vectors), step-size bias and D."""
+    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    channel = d < dim
+    return (tl.program_id(0), tl.program_id(2), d, channel, _rows(A_ptr, d, channel, N),
+            tl.load(bias_ptr + d, mask=channel, other=0.0), tl.load(D_ptr + d, mask=channel, other=0.0))
+
+
+@triton.jit
+def _advance(state, dt, dtu, A, Bt, N: tl.constexpr):  # h_t = exp(dt A) h_{t-1} + dt u B_t, state by state
+    new = ()
+    for n in tl.static_range(N):
+        new += (tl.exp(dt * A[n]) * state[n] + dtu * Bt[n],)
+    return new
+
+
 # Inside a program every tensor is one vector over its block of channels, and the N states are a tuple of such vectors:
 # a lane holds its channels' whole state, and no value changes layout between lanes from one position to the next.
 @triton.jit
@@ -60,11 +77,7 @@ def _chunk_summary(u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, bias_
                    sz_b, sz_l, sg_b, sg_l, sB_b, sB_l, sC_b, sC_l, length, dim, BACKWARD: tl.constexpr,
                    BLOCK: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr, SUBTILE: tl.constexpr):
     """Pass 1: a chunk from zero. Forward: its end state. Backward: exp(dt_s A) g_s at its first position s."""
-    b, c = tl.program_id(0), tl.program_id(2)
-    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    channel = d < dim
-    A = _rows(A_ptr, d, channel, N)
-    bias = tl.load(bias_ptr + d, mask=channel, other=0.0)
+    b, c, d, channel, A, bias, _ = _program(A_ptr, bias_ptr, bias_ptr, dim, BLOCK, N)
     state, dtsum = (), tl.zeros((BLOCK,), tl.float32)
     for n in tl.static_range(N):
         state += (tl.zeros((BLOCK,), tl.float32),)
@@ -83,9 +96,7 @@ def _chunk_summary(u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, bias_
                     new += (tl.exp(dt * A[n]) * (state[n] + dy * Ct[n]),)
             else:
                 dtu = dt * tl.load(u_ptr + b * s_b + t * s_l + d, mask=inside, other=0.0).to(tl.float32)
-                Bt = _per_state(B_ptr, b * sB_b + t * sB_l, t < length, N)
-                for n in tl.static_range(N):
-                    new += (tl.exp(dt * A[n]) * state[n] + dtu * Bt[n],)
+                new = _advance(state, dt, dtu, A, _per_state(B_ptr, b * sB_b + t * sB_l, t < length, N), N)
             state = new
             dtsum += dt
     _store_rows(end_ptr, (b * tl.num_programs(2) + c) * dim + d, state, channel, N)
@@ -120,12 +131,7 @@ def _scan_output(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, 
                  sz_b, sz_l, sB_b, sB_l, sC_b, sC_l, so_b, so_l, length, dim, BLOCK: tl.constexpr, N: tl.constexpr,
                  CHUNK: tl.constexpr, SUBTILE: tl.constexpr):
     """Forward, pass 3: y = C h + D u gated by silu(z); the state before every SUBTILE positions kept."""
-    b, c = tl.program_id(0), tl.program_id(2)
-    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    channel = d < dim
-    A = _rows(A_ptr, d, channel, N)
-    bias = tl.load(bias_ptr + d, mask=channel, other=0.0)
-    D = tl.load(D_ptr + d, mask=channel, other=0.0)
+    b, c, d, channel, A, bias, D = _program(A_ptr, bias_ptr, D_ptr, dim, BLOCK, N)
     state = _rows(start_ptr, (b * tl.num_programs(2) + c) * dim + d, channel, N)
     subtiles = tl.num_programs(2) * (CHUNK // SUBTILE)
     for i in range(CHUNK // SUBTILE):
@@ -143,11 +149,9 @@ def _scan_output(u_ptr, delta_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, 
         for j in tl.static_range(SUBTILE):
             t = k * SUBTILE + j
             dt, u, z, Bt, Ct = loaded[j]
-            new, y = (), D * u
+            state, y = _advance(state, dt, dt * u, A, Bt, N), D * u
             for n in tl.static_range(N):
-                h = tl.exp(dt * A[n]) * state[n] + dt * u * Bt[n]
-                new, y = new + (h,), y + Ct[n] * h
-            state = new
+                y += Ct[n] * state[n]
             tl.store(out_ptr + b * so_b + t * so_l + d, (y * z * tl.sigmoid(z)).to(out_ptr.dtype.element_ty),
                      mask=channel & (t < length))
 
@@ -159,12 +163,7 @@ def _scan_grads(u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, b
                 SUBTILE: tl.constexpr):
     """Backward, pass 3: subtiles last to first; each recomputes its states from the kept one, then walks backward with
     g from the gradient that enters the chunk. Sums over channels (dB, dC) or positions (dA, dD, dbias) added atomically."""
-    b, c = tl.program_id(0), tl.program_id(2)
-    d = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    channel = d < dim
-    A = _rows(A_ptr, d, channel, N)
-    bias = tl.load(bias_ptr + d, mask=channel, other=0.0)
-    D = tl.load(D_ptr + d, mask=channel, other=0.0)
+    b, c, d, channel, A, bias, D = _program(A_ptr, bias_ptr, D_ptr, dim, BLOCK, N)
     carry = _rows(after_ptr, (b * tl.num_programs(2) + c) * dim + d, channel, N)
     dA, dD, dbias = (), tl.zeros((BLOCK,), tl.float32), tl.zeros((BLOCK,), tl.float32)
     for n in tl.static_range(N):
@@ -180,10 +179,7 @@ def _scan_grads(u_ptr, delta_ptr, z_ptr, dout_ptr, B_ptr, C_ptr, A_ptr, D_ptr, b
             dt, x = _step_size(delta_ptr, bias, b * s_b + t * s_l + d, inside)
             u = tl.load(u_ptr + b * s_b + t * s_l + d, mask=inside, other=0.0).to(tl.float32)
             Bt = _per_state(B_ptr, b * sB_b + t * sB_l, t < length, N)
-            new = ()
-            for n in tl.static_range(N):
-                new += (tl.exp(dt * A[n]) * state[n] + dt * u * Bt[n],)
-            state = new
+            state = _advance(state, dt, dt * u, A, Bt, N)
             z = tl.load(z_ptr + b * sz_b + t * sz_l + d, mask=inside, other=0.0).to(tl.float32)
             dout = tl.load(dout_ptr + b * sg_b + t * sg_l + d, mask=inside, other=0.0).to(tl.float32)
             states += (state,)

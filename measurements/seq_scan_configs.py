@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-from benchmark import median_ms  # noqa: E402
+from scan_configs import time_scan  # noqa: E402
 from seq_scan import selective_scan_tokens  # noqa: E402
 
 BATCH, DIM, LENGTH, STATE = 2, 512, 32768, 4
@@ -49,15 +49,6 @@ def mamba_ssm_scan(u, delta, A, B, C, D, z, delta_bias):
     return selective_scan_fn(u, delta, A, B.unsqueeze(1), C.unsqueeze(1), D, z, delta_bias, delta_softplus=True)
 
 
-def time_scan(scan, leaves: dict, grad: torch.Tensor):
-    differentiable = [v for v in leaves.values() if v.requires_grad]
-    forward = lambda: scan(**leaves)
-    both = lambda: torch.autograd.grad(forward(), differentiable, grad)
-    out, grads = forward(), both()
-    fwd, total = median_ms(forward, 3, 20), median_ms(both, 3, 20)
-    return fwd, total - fwd, [out, *grads]
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write every row here")
@@ -70,8 +61,8 @@ def main():
     try:  # mamba-ssm first: every row is compared with it, back in token-major layout
         import mamba_ssm  # noqa: F401
         cm = channel_major(leaves)
-        fwd, bwd, results = time_scan(mamba_ssm_scan, cm, grad.transpose(1, 2).contiguous())
-        reference = [r.transpose(-1, -2) if r.dim() == 3 else r for r in results]
+        fwd, bwd, out, grads = time_scan(mamba_ssm_scan, cm, grad.transpose(1, 2).contiguous())
+        reference = [r.transpose(-1, -2) if r.dim() == 3 else r for r in (out, *grads)]
         rows.append(dict(settings={"mamba_ssm": True}, forward_ms=round(fwd, 3), backward_ms=round(bwd, 3),
                          total_ms=round(fwd + bwd, 3), error=0.0))
     except ImportError:
@@ -82,7 +73,8 @@ def main():
         print(f"| mamba-ssm (channel-major) | {rows[0]['forward_ms']:.3f} | {rows[0]['backward_ms']:.3f} | {rows[0]['total_ms']:.3f} | reference |", flush=True)
     for settings in json.loads(args.settings) if args.settings else SETTINGS:
         try:
-            fwd, bwd, results = time_scan(lambda s=settings, **kw: selective_scan_tokens(**kw, **s), leaves, grad)
+            fwd, bwd, out, grads = time_scan(lambda s=settings, **kw: selective_scan_tokens(**kw, **s), leaves, grad)
+            results = [out, *grads]
         except Exception as e:  # e.g. out of registers or shared memory: reported, not fatal
             print(f"| {settings} | failed: {type(e).__name__}: {str(e)[:100]} | | | |", flush=True)
             continue
