@@ -130,7 +130,7 @@ def attention_inputs():
 @cuda
 def test_flex_attention_matches_reference():
     mask = tg.flex_sliding_window_mask(T, W, torch.device("cuda"))
-    compare(lambda **kw: tg.sliding_window_attention_flex(**kw, block_mask=mask),
+    compare(lambda **kw: tg.sliding_window_attention_flex(**kw, window=W, block_mask=mask),
             lambda **kw: tg.sliding_window_attention_reference(**kw, window=W), attention_inputs(), "flex attention")
 
 
