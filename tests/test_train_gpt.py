@@ -333,6 +333,30 @@ def test_qat_forward_sees_exactly_what_the_artifact_gives_back():
     assert all(torch.equal(tg.grid_weight(m), m.weight) for m in grid_modules.values())
 
 
+def test_a_tied_head_trains_on_the_grid_the_artifact_gives_back():
+    """With TIE_EMBEDDINGS=1 the head is the token embedding: under QAT its logits come from the
+    embedding as the artifact stores it, as the lookups do."""
+    model = tg.HymbaGPT(tiny_hp(model_dim=128, vocab_size=1024, tie_embeddings=1), reference_kernels())
+    assert model.lm_head is None and tg.is_quantized(model.tok_emb.weight)
+    with torch.no_grad():
+        model.tok_emb.weight.add_(torch.randn_like(model.tok_emb.weight) * 0.05)
+    tg.set_qat(model, True)
+    ids = torch.randint(0, 1024, (1, 32))
+    qat_logits = model.logits(ids, None)
+    restored = tg.unpack_artifact(tg.pack_artifact(model.state_dict(), bits=8, level=3)[0])
+    tg.set_qat(model, False)
+    model.load_state_dict(restored)
+    torch.testing.assert_close(qat_logits, model.logits(ids, None), rtol=0, atol=0)
+
+
+def test_a_run_with_a_tied_head(tmp_path, dataset, tokenizer_path):
+    result = run_script(tmp_path, paths(dataset, tokenizer_path, TIE_EMBEDDINGS=1, TTT_ENABLED=0,
+                                        QAT_START_FRAC=0.5))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "lm_head" not in tg.unpack_artifact((tmp_path / "final_model.int8.ptz").read_bytes())
+    assert math.isfinite(float(final_line(result.stdout, "final_int8_zstd_roundtrip_exact")["val_bpb"]))
+
+
 def test_export_coarsens_the_largest_tensors_until_the_artifact_fits():
     torch.manual_seed(2)
     state = {"big": torch.randn(512, 512) * 0.3, "medium": torch.randn(300, 300) * 0.3, "small": torch.randn(100, 100)}
