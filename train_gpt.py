@@ -19,17 +19,22 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import difflib
+import fcntl
 import functools
 import glob
+import hashlib
 import io
 import itertools
 import json
 import math
 import os
+import re
 import signal
 import sys
 import time
 import uuid
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +70,10 @@ COUNT = (lambda v, hp: v >= 1, ">= 1")
 AT_LEAST_0 = (lambda v, hp: v >= 0, ">= 0")
 POSITIVE = (lambda v, hp: v > 0, "> 0")
 DECAY = (lambda v, hp: 0 <= v < 1, "in [0, 1)")
-FILE_NAME = (lambda v, hp: "/" not in v and v not in (".", ".."), "a file name")
+LEARNING_RATE = (lambda v, hp: 0 <= v <= 10, "in 0..10")
+# a run's name, which names its files: empty (a random one) or up to 100 portable characters
+RUN_NAME = (lambda v, hp: re.fullmatch(r"[A-Za-z0-9._-]{0,100}", v) and v not in (".", ".."),
+            "at most 100 letters, digits, '.', '_' or '-'")
 
 
 def within(low, high, shown=None):
@@ -83,6 +91,32 @@ def setting(default, limit):
     return dataclasses.field(default=default, metadata={"limit": limit})
 
 
+# environment variables this script reads that are not settings
+OTHER_VARIABLES = {"OVERWRITE", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
+# the settings' own families: an unknown name that starts so was meant as a setting
+SETTING_PREFIXES = ("TTT_", "HYMBA_", "EVAL_", "MUON_", "ADAM_", "EMA_", "QAT_", "BIGRAM_",
+                    "WARMDOWN_", "ZSTD_", "QUANT_")
+
+
+def misspelt_setting(name: str, known: set) -> str | None:
+    """What is wrong with an environment variable that looks like a setting but is none (a typo,
+    the wrong case, an unknown member of a family), or None for one that is a setting or looks
+    like none."""
+    upper = name.upper()
+    if name in known or name in OTHER_VARIABLES or not re.fullmatch(r"\w+", name):
+        return None
+    squashed = {setting.replace("_", ""): setting for setting in known}
+    guess = squashed.get(upper.replace("_", ""))
+    guess = guess or next(iter(difflib.get_close_matches(upper, known, n=1, cutoff=0.85)), None)
+    if guess:
+        return f"{name} is not a setting: did you mean {guess}?"
+    if upper.startswith(SETTING_PREFIXES):
+        family = upper.split("_")[0] + "_"
+        members = ", ".join(sorted(s for s in known if s.startswith(family)))
+        return f"{name} is not a setting (the {family} settings are {members})"
+    return None
+
+
 @dataclasses.dataclass
 class Hyperparameters:
     # data
@@ -90,7 +124,7 @@ class Hyperparameters:
     tokenizer_path: str = "./data/tokenizers/fineweb_1024_bpe.model"
     vocab_size: int = setting(1024, within(1, 65536))  # tokens are stored as uint16
     seed: int = setting(1337, within(0, 2**32 - 1))  # numpy's seed range
-    run_id: str = setting("", FILE_NAME)  # empty: random
+    run_id: str = setting("", RUN_NAME)  # empty: random
     run_note: str = ""  # free text copied into the run's results (logs/<RUN_ID>.json): what it is
     # model (with vocab_size, what the artifact records: MODEL_SETTINGS)
     num_layers: int = setting(8, COUNT)
@@ -121,10 +155,10 @@ class Hyperparameters:
     warmdown_iters: int = setting(7000, AT_LEAST_0)
     warmdown_shape: str = setting("cosine", one_of("linear", "cosine"))
     max_wallclock_seconds: float = setting(600.0, AT_LEAST_0)
-    matrix_lr: float = setting(0.02, AT_LEAST_0)
-    scalar_lr: float = setting(0.02, AT_LEAST_0)
-    embed_lr: float = setting(0.6, AT_LEAST_0)
-    head_lr: float = setting(0.008, AT_LEAST_0)
+    matrix_lr: float = setting(0.02, LEARNING_RATE)
+    scalar_lr: float = setting(0.02, LEARNING_RATE)
+    embed_lr: float = setting(0.6, LEARNING_RATE)
+    head_lr: float = setting(0.008, LEARNING_RATE)
     weight_decay: float = setting(0.15, AT_LEAST_0)
     adam_beta1: float = setting(0.9, DECAY)
     adam_beta2: float = setting(0.95, DECAY)
@@ -139,9 +173,10 @@ class Hyperparameters:
     qat_start_frac: float = setting(0.85, within(0, 1))
     val_loss_every: int = setting(0, AT_LEAST_0)  # 0: validate only after training
     train_log_every: int = setting(100, COUNT)
-    # artifact and evaluation
+    # artifact
     quant_bits: int = setting(8, within(2, 8))
     zstd_level: int = setting(22, within(1, 22))
+    # evaluation (with train_seq_len, what the artifact records for its score: SCORE_SETTINGS)
     # 0: windows that do not overlap
     eval_stride: int = setting(
         0, within(0, lambda hp: hp.train_seq_len, "TRAIN_SEQ_LEN={hp.train_seq_len}"))
@@ -149,7 +184,7 @@ class Hyperparameters:
     # seconds of evaluation after which TTT stops adapting
     eval_time_budget: float = setting(560.0, AT_LEAST_0)
     ttt_enabled: bool = True
-    ttt_lr: float = setting(0.0002, AT_LEAST_0)  # 0.002 diverged to NaN at the record's shape
+    ttt_lr: float = setting(0.0002, LEARNING_RATE)  # 0.002 diverged to NaN at the record's shape
     ttt_epochs: int = setting(25, COUNT)
     ttt_chunk_tokens: int = setting(524288, COUNT)
     ttt_batch_seqs: int = setting(4, COUNT)
@@ -164,6 +199,11 @@ class Hyperparameters:
 
     @classmethod
     def from_env(cls, env=os.environ) -> "Hyperparameters":
+        known = {field.name.upper() for field in dataclasses.fields(cls)}
+        for name in sorted(env):
+            problem = misspelt_setting(name, known)
+            if problem:
+                raise ConfigError(problem)
         values = {}
         for field in dataclasses.fields(cls):
             name = field.name.upper()
@@ -187,6 +227,10 @@ class Hyperparameters:
             test, wanted = field.metadata.get("limit", (lambda v, hp: True, ""))
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"{name}={value!r} must be a finite number")
+            if isinstance(value, float) and abs(value) > torch.finfo(torch.float32).max:
+                raise ConfigError(f"{name}={value!r} must be within float32's range (3.4e38)")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**32:
+                raise ConfigError(f"{name}={value!r} must be below 2**32")
             if not test(value, self):
                 raise ConfigError(f"{name}={value!r} must be {wanted.format(hp=self)}")
         head_dim = self.model_dim // self.num_heads
@@ -239,6 +283,18 @@ class Run:
             dist.all_reduce(tensor, op=op)
         return tensor
 
+    def any_rank(self, flag: bool) -> bool:
+        """Whether the flag is set on any rank: every rank learns the same answer."""
+        return bool(self.all_reduce(torch.tensor(int(flag), device=self.device), dist.ReduceOp.MAX))
+
+    def from_rank0(self, value):
+        """Rank 0's value of a picklable object, on every rank."""
+        if self.world_size > 1:
+            box = [value]
+            dist.broadcast_object_list(box, src=0)
+            value = box[0]
+        return value
+
 
 def setup_run(hp: Hyperparameters) -> Run:
     rank = int(os.environ.get("RANK", 0))
@@ -252,14 +308,18 @@ def setup_run(hp: Hyperparameters) -> Run:
     if world_size > 1:
         dist.init_process_group("nccl" if on_gpu else "gloo", device_id=device if on_gpu else None)
     hp.run_id = hp.run_id or uuid.uuid4().hex[:12]
-    # the run's results lie beside its log
-    run = Run(rank, world_size, device, Path(f"logs/{hp.run_id}.txt"),
-              Path(f"logs/{hp.run_id}.json"))
+    log_path = Path(f"logs/{hp.run_id}.txt")
+    # the run's results lie beside its log; it logs to the file once it holds it (below)
+    run = Run(rank, world_size, device, None, Path(f"logs/{hp.run_id}.json"))
+    artifact = Path(hp.artifact)
+    if artifact.is_dir():
+        raise ConfigError(f"ARTIFACT={hp.artifact} is a folder: name a file")
     outputs = []
-    if not hp.eval_only:
-        outputs = [hp.artifact, "final_model.pt", *glob.glob("interrupted_model.*"),
-                   *glob.glob("last_finite_model.*")]
-    for path in map(Path, [run.summary_path, *outputs, run.log_path]):  # nothing replaced unasked
+    if not hp.eval_only:  # a training run writes beside its artifact, a run that stops early too
+        stopped = [*artifact.parent.glob("interrupted_model.*"),
+                   *artifact.parent.glob("last_finite_model.*")]
+        outputs = [artifact, raw_weights_path(artifact), *stopped]
+    for path in [run.summary_path, *outputs, log_path]:  # nothing replaced unless asked
         if path.exists() and os.environ.get("OVERWRITE") != "1":
             raise ConfigError(f"{path} exists (an earlier run's?): move it away, or set "
                               "OVERWRITE=1 to replace it")
@@ -267,8 +327,14 @@ def setup_run(hp: Hyperparameters) -> Run:
             path.parent.mkdir(parents=True, exist_ok=True)
         if not (path.parent.is_dir() and os.access(path.parent, os.W_OK)):
             raise ConfigError(f"{path}: its folder {path.parent} cannot be written")
-    if world_size > 1:
-        dist.barrier()  # every rank has looked before rank 0 writes
+    # Rank 0 holds the run's outputs until it ends: its log, and a training run's folder. A second
+    # run that would write them stops here, and every rank of it stops together.
+    held = ""
+    if rank == 0:
+        held = hold_outputs(log_path, None if hp.eval_only else artifact.parent, hp.run_id)
+    if run.any_rank(bool(held)):
+        raise ConfigError(held or "another run holds this run's outputs (rank 0 says which)")
+    run.log_path = log_path
     if rank == 0:
         source = Path(__file__).read_text(encoding="utf-8")
         run.log_path.write_text(source + "\n" + "=" * 100 + "\n", encoding="utf-8")
@@ -280,6 +346,42 @@ def setup_run(hp: Hyperparameters) -> Run:
     torch.manual_seed(hp.seed)
     np.random.seed(hp.seed)
     return run
+
+
+HELD_LOCKS = []  # open files locked for the rest of the process (fcntl.flock, released at its end)
+
+
+def hold_lock(path: Path, holder: str = "") -> str | None:
+    """Lock `path` (created if missing) for the rest of this process and write `holder` into it,
+    or, if another process holds it, return what that one wrote there."""
+    handle = open(path, "a+", encoding="utf-8")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        other = handle.read().strip()
+        handle.close()
+        return other or "another process"
+    HELD_LOCKS.append(handle)
+    if holder:
+        handle.truncate(0)
+        handle.write(holder)
+        handle.flush()
+    return None
+
+
+def hold_outputs(log_path: Path, folder: Path | None, run_id: str) -> str:
+    """Hold the folder a training run writes into (through its lock file .train_gpt.lock), then
+    the log; "" when both are held, else why not."""
+    if folder is not None:
+        other = hold_lock(folder / ".train_gpt.lock", f"RUN_ID={run_id} (process {os.getpid()})")
+        if other:
+            return (f"{folder} is in use by another training run, {other}: one training run a "
+                    "folder at a time, as their outputs would replace each other's; give "
+                    "ARTIFACT another folder, or wait")
+    if hold_lock(log_path):
+        return f"{log_path} is in use by another run: choose another RUN_ID"
+    return ""
 
 
 def describe_device(device: torch.device) -> str:
@@ -495,6 +597,7 @@ class Data:
     val_tokens: torch.Tensor  # the whole validation stream, int64 on CPU
     byte_tables: ByteTables
     train_paths: list[Path]
+    val_fingerprint: str = ""  # the stream's length and CRC-32: which data a score is on
 
 
 def load_data(hp: Hyperparameters, run: Run) -> Data:
@@ -503,7 +606,8 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
     train_paths = [] if hp.eval_only else shard_paths(hp.data_path, "train")
     run.log(f"val_tokens:{len(val)} train_shards:{len(train_paths)} tokenizer:{hp.tokenizer_path}")
     tables = build_byte_tables(sp, hp.vocab_size, run.device)
-    return Data(torch.from_numpy(val.astype(np.int64)), tables, train_paths)
+    fingerprint = f"{len(val)} tokens, CRC-32 {zlib.crc32(val.astype('<u2').tobytes()):08x}"
+    return Data(torch.from_numpy(val.astype(np.int64)), tables, train_paths, fingerprint)
 
 
 # -----------------------------------------------------------------------------
@@ -865,9 +969,8 @@ class BigramHash(nn.Module):
         self.vocab_size = vocab_size
         self.buckets = buckets
         self.table = Embedding(buckets, hash_dim)
-        self.proj = Linear(hash_dim, model_dim, bias=False)
+        self.proj = zero_init(Linear(hash_dim, model_dim, bias=False))
         nn.init.normal_(self.table.weight, std=0.01)
-        nn.init.zeros_(self.proj.weight)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         # the first position's "previous" is an id that no token has
@@ -889,6 +992,14 @@ class SmearGate(nn.Module):
         g = torch.sigmoid(self.gate).to(x.dtype)
         prev = torch.cat((x[:, :1], x[:, :-1]), dim=1)
         return x + g * (prev - x)
+
+
+def zero_init(module: nn.Linear) -> nn.Linear:
+    """An output projection that starts at zero (so its block starts as the identity), marked so
+    that HymbaGPT's orthogonal init leaves it so."""
+    nn.init.zeros_(module.weight)
+    module.starts_at_zero = True
+    return module
 
 
 def channel_major_linear(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -929,8 +1040,7 @@ class HymbaMixer(nn.Module):
         self.D = nn.Parameter(torch.ones(self.inner))
         self.mamba_out = Linear(self.inner, dim, bias=False)
         self.alpha = nn.Parameter(torch.zeros(()))  # sigmoid(alpha): attention's share of the merge
-        self.out_proj = Linear(dim, dim, bias=False)
-        nn.init.zeros_(self.out_proj.weight)
+        self.out_proj = zero_init(Linear(dim, dim, bias=False))
 
     def forward(self, x: torch.Tensor, block_mask) -> torch.Tensor:
         b, t, _ = x.shape
@@ -965,8 +1075,7 @@ class MLP(nn.Module):
     def __init__(self, dim: int, mult: int, slope: float):
         super().__init__()
         self.fc = Linear(dim, mult * dim, bias=False)
-        self.proj = Linear(mult * dim, dim, bias=False)
-        nn.init.zeros_(self.proj.weight)
+        self.proj = zero_init(Linear(mult * dim, dim, bias=False))
         self.slope = slope
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -1012,7 +1121,7 @@ class HymbaGPT(nn.Module):
             self.lm_head = Linear(hp.model_dim, hp.vocab_size, bias=False)
         for module in self.modules():
             # orthogonal (gain 1), as PR #599, unless the weight starts at zero
-            if isinstance(module, nn.Linear) and module.weight.any():
+            if isinstance(module, nn.Linear) and not getattr(module, "starts_at_zero", False):
                 nn.init.orthogonal_(module.weight)
             # QAT's switch: grid_weight
             if isinstance(module, (Linear, Embedding)) and is_quantized(module.weight):
@@ -1157,15 +1266,15 @@ def compress(packed: dict, level: int, progress=lambda what: None) -> bytes:
 
 
 def pack_artifact(state_dict: dict, bits: int, level: int, budget: int = ARTIFACT_LIMIT_BYTES,
-                  settings: dict | None = None, progress=lambda what: None) -> tuple[bytes, dict]:
-    """The compressed artifact (with the model's `settings`) in at most `budget` bytes, and the
-    coarsening it took. While over, the largest tensors' grids get coarser (c -> c+1 saves about
-    log2((c+1)/c) bits a weight), enough of them each round to cover the excess by that
-    estimate; then the artifact is compressed again to check."""
+                  record: dict | None = None, progress=lambda what: None) -> tuple[bytes, dict]:
+    """The compressed artifact (with `record` beside the weights: artifact_record) in at most
+    `budget` bytes, and the coarsening it took. While over, the largest tensors' grids get coarser
+    (c -> c+1 saves about log2((c+1)/c) bits a weight), enough of them each round to cover the
+    excess by that estimate; then the artifact is compressed again to check."""
     coarsen = {}
     quantized = [name for name, t in state_dict.items() if is_quantized(t)]
     while True:
-        packed = dict(quantize_state_dict(state_dict, bits, coarsen), settings=settings)
+        packed = dict(quantize_state_dict(state_dict, bits, coarsen), **(record or {}))
         blob = compress(packed, level, progress)
         if len(blob) <= budget:
             return blob, coarsen
@@ -1187,43 +1296,87 @@ def unpack_artifact(blob: bytes) -> dict:
     return dequantize_state_dict(torch.load(io.BytesIO(raw), map_location="cpu"))
 
 
-# the artifact records the model's settings: the fields of the "# model" section, and vocab_size
+# What the artifact records beside the weights: the model's settings (the "# model" fields and
+# vocab_size), which an eval-only run must take, and those its score depends on (the
+# "# evaluation" fields and train_seq_len), which it takes unless one is given.
 FIELDS = [field.name for field in dataclasses.fields(Hyperparameters)]
 MODEL_SETTINGS = ["vocab_size", *FIELDS[FIELDS.index("num_layers"):FIELDS.index("train_seq_len")]]
+SCORE_SETTINGS = ["train_seq_len",
+                  *FIELDS[FIELDS.index("eval_stride"):FIELDS.index("scan_backend")]]
 
 
-def use_artifact_settings(hp: Hyperparameters, env=os.environ) -> None:
-    """EVAL_ONLY: take the artifact's settings; one given in the environment that differs is
-    refused."""
+def artifact_record(hp: Hyperparameters, data: Data) -> dict:
+    settings = {name: getattr(hp, name) for name in MODEL_SETTINGS + SCORE_SETTINGS}
+    return dict(settings=settings, validation=data.val_fingerprint)
+
+
+@dataclasses.dataclass
+class SavedArtifact:
+    """An artifact as read from its file."""
+    blob: bytes
+    settings: dict  # MODEL_SETTINGS and SCORE_SETTINGS; an older script's: MODEL_SETTINGS alone
+    validation: str | None  # the validation data of the run that wrote it (Data.val_fingerprint)
+
+
+def read_artifact(path: str) -> SavedArtifact:
     try:
-        raw = zstandard.ZstdDecompressor().decompress(Path(hp.artifact).read_bytes())
-        settings = dict(torch.load(io.BytesIO(raw))["settings"])
+        blob = Path(path).read_bytes()
+        packed = torch.load(io.BytesIO(zstandard.ZstdDecompressor().decompress(blob)))
+        return SavedArtifact(blob, dict(packed["settings"]), packed.get("validation"))
     except Exception as error:
         # missing, truncated, not zstd, not this script's, or from before artifacts had settings
-        raise ConfigError(f"ARTIFACT={hp.artifact}: not readable as an artifact of this script "
+        raise ConfigError(f"ARTIFACT={path}: not readable as an artifact of this script "
                           f"({type(error).__name__})") from None
-    for name, value in settings.items():
+
+
+def use_artifact_settings(hp: Hyperparameters, saved: SavedArtifact, run: Run,
+                          env=os.environ) -> dict:
+    """EVAL_ONLY: take the artifact's settings. A model setting given in the environment that
+    differs is refused; a score setting given is used, and returned with the run's value."""
+    given = {}
+    for name, value in saved.settings.items():
         if name.upper() in env and getattr(hp, name) != value:
-            raise ConfigError(f"{name.upper()}={getattr(hp, name)}, but ARTIFACT={hp.artifact} has "
-                              f"{value}: leave it unset")
+            if name in MODEL_SETTINGS:
+                raise ConfigError(f"{name.upper()}={getattr(hp, name)}, but ARTIFACT={hp.artifact} "
+                                  f"has {value}: leave it unset")
+            given[name.upper()] = dict(given=getattr(hp, name), run=value)
+            continue
         setattr(hp, name, value)
+    hp.check()
+    run.log(f"eval_only: scoring {hp.artifact} with the settings it records {saved.settings}")
+    missing = [name.upper() for name in SCORE_SETTINGS if name not in saved.settings]
+    if missing:
+        run.log(f"eval_only: {hp.artifact} records no {', '.join(missing)} (an older script's): "
+                "from the environment or the defaults")
+    for name, values in given.items():
+        run.log(f"eval_only: {name}={values['given']} as given, not the run's {values['run']}: "
+                "the score is not the run's")
+    return given
 
 
-def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str, raw: dict,
-                    raw_path: str) -> dict:
-    """Rank 0 writes `raw` with torch.save (first, as it is quick), then `weights` compressed;
-    every rank waits."""
+def raw_weights_path(artifact: str | Path) -> Path:
+    """Where the raw state of an artifact's run lies: beside it (final_model.int8.ptz:
+    final_model.pt)."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name.removesuffix(".ptz").removesuffix(".int8") + ".pt")
+
+
+def export_artifact(hp: Hyperparameters, run: Run, data: Data, weights: dict, artifact: Path,
+                    raw: dict) -> dict:
+    """Rank 0 writes `raw` with torch.save (first, as it is quick) to raw_weights_path(artifact),
+    then `weights` compressed to `artifact`; every rank waits."""
     sizes = {}
     t0 = time.perf_counter()
     if run.rank == 0:
+        raw_path = raw_weights_path(artifact)
         torch.save(raw, raw_path)
         run.log(f"artifact: raw weights in {raw_path}; compressing {artifact} (zstd "
                 f"{hp.zstd_level}: a minute at the record's size)")
-        settings = {k: getattr(hp, k) for k in MODEL_SETTINGS}
         blob, coarsen = pack_artifact(weights, hp.quant_bits, hp.zstd_level,
-                                      ARTIFACT_LIMIT_BYTES - CODE_BYTES, settings, run.progress)
+                                      ARTIFACT_LIMIT_BYTES - CODE_BYTES, artifact_record(hp, data),
+                                      run.progress)
         Path(artifact).write_bytes(blob)
-        sizes = dict(artifact_sizes(artifact, run), grid_coarsened=coarsen)
+        sizes = dict(artifact_sizes(blob, run), grid_coarsened=coarsen)
         coarsened = ",".join(f"{name}x{c}" for name, c in coarsen.items()) or "none"
         seconds = time.perf_counter() - t0
         run.log(f"artifact_fit margin:{sizes['margin']} export_time:{seconds:.1f}s "
@@ -1233,14 +1386,16 @@ def export_artifact(hp: Hyperparameters, run: Run, weights: dict, artifact: str,
     return sizes
 
 
-def artifact_sizes(artifact: str, run: Run) -> dict:
-    model_bytes = Path(artifact).stat().st_size
+def artifact_sizes(blob: bytes, run: Run) -> dict:
+    """The artifact's size with this script's, and its SHA-256 (what evaluation checks it reads)."""
+    model_bytes = len(blob)
     total = model_bytes + CODE_BYTES
     run.log(f"artifact bytes_code:{CODE_BYTES} bytes_model:{model_bytes} bytes_total:{total}")
     if total > ARTIFACT_LIMIT_BYTES:
         run.log(f"WARNING: bytes_total {total} is OVER the {ARTIFACT_LIMIT_BYTES:,}-byte limit")
     return dict(bytes_code=CODE_BYTES, bytes_model=model_bytes, bytes_total=total,
-                margin=ARTIFACT_LIMIT_BYTES - total, over_limit=total > ARTIFACT_LIMIT_BYTES)
+                margin=ARTIFACT_LIMIT_BYTES - total, over_limit=total > ARTIFACT_LIMIT_BYTES,
+                artifact_sha256=hashlib.sha256(blob).hexdigest())
 
 
 # -----------------------------------------------------------------------------
@@ -1439,7 +1594,12 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT
     """Score the artifact's weights, read into the warmed-up model: roundtrip, then score-first
     TTT, into `results`."""
     eval_start = time.perf_counter()
-    model.load_state_dict(unpack_artifact(Path(hp.artifact).read_bytes()))
+    blob = Path(hp.artifact).read_bytes()
+    written = run.from_rank0(results.get("artifact_sha256"))
+    if run.any_rank(hashlib.sha256(blob).hexdigest() != written):
+        raise ConfigError(f"ARTIFACT={hp.artifact} is not what this run wrote or read: another "
+                          "process replaced it, so its score would not be this run's")
+    model.load_state_dict(unpack_artifact(blob))
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     roundtrip_ms = (time.perf_counter() - eval_start) * 1000
     run.log(f"final_int8_zstd_roundtrip_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} "
@@ -1541,13 +1701,62 @@ def check_batch_shape(hp: Hyperparameters, run: Run) -> None:
                           f"sequences of TRAIN_SEQ_LEN={hp.train_seq_len} over {run.world_size} "
                           f"ranks x {accum} accumulation steps")
     hp.grad_accum_steps = accum
-    # bytes a training step takes on CPU, measured with the reference kernels
-    window = min(hp.sliding_window, hp.train_seq_len)
-    need = per_micro * hp.num_layers * hp.model_dim * (240 + window // 5)
-    if run.device.type == "cpu" and need > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"):
-        raise ConfigError(f"TRAIN_BATCH_TOKENS={hp.train_batch_tokens}: a training step needs "
-                          f"about {need / 2**30:.0f} GiB on CPU, more than this machine has "
-                          "(the CPU's reference kernels keep much more in memory than CUDA's)")
+
+
+def memory_estimate(hp: Hyperparameters, run: Run, kernels: Kernels) -> dict:
+    """The memory a run needs at its peak, estimated before any weight is built: its parameters
+    counted on a model built on the meta device (which allocates nothing), times the bytes each
+    keeps, plus what the tokens of its largest batch keep for the backward. The bytes per token
+    were measured (tools/memory_use.py measures the CPU's)."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        params = sum(p.numel() for p in HymbaGPT(hp, kernels).parameters())
+    # bytes a parameter: training keeps fp32 weights, gradients, Adam's two moments (Muon's one),
+    # the EMA, and the warm-up's copies of weights and optimizer state; evaluation the weights,
+    # and for TTT their gradients, AdamW's moments and a copy
+    if not hp.eval_only:
+        state = 32 * params
+    else:
+        state = (20 if hp.ttt_enabled else 8) * params
+    # bytes a token keeps: at the record's shapes 64 a layer and unit of width on an H200
+    # (16.7 GiB at 2 x 32,768 tokens), and other shapes scaled as on CPU, where the reference
+    # attention also keeps a term in the window
+    shape_cost = 240 + 12 * hp.mlp_mult + 24 * hp.hymba_expand * hp.hymba_ssm_state
+    if run.device.type == "cuda":
+        per_token = hp.num_layers * hp.model_dim * 64 * shape_cost / 384 + 6 * hp.vocab_size
+        capacity = torch.cuda.get_device_properties(run.device).total_memory
+    else:
+        window = min(hp.sliding_window, hp.train_seq_len)
+        per_token = hp.num_layers * hp.model_dim * (shape_cost + window / 5) + 12 * hp.vocab_size
+        capacity = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    tokens = {"scoring": hp.eval_batch_seqs * hp.train_seq_len // 4}  # no backward: a quarter
+    if not hp.eval_only:
+        micro_steps = run.world_size * hp.grad_accum_steps
+        tokens["a training micro-step"] = hp.train_batch_tokens // micro_steps
+    if hp.ttt_enabled:
+        tokens["a TTT step"] = hp.ttt_batch_seqs * hp.train_seq_len
+    phase = max(tokens, key=tokens.get)
+    return dict(params=params, state=state, phase=phase, tokens=tokens[phase],
+                activations=per_token * tokens[phase], need=state + per_token * tokens[phase],
+                capacity=capacity)
+
+
+def check_memory(hp: Hyperparameters, run: Run, kernels: Kernels) -> None:
+    """Refuse a run whose weights, optimizer state and activations would not fit this GPU (on
+    CPU, this machine's memory)."""
+    try:
+        estimate = memory_estimate(hp, run, kernels)
+    except (RuntimeError, OverflowError, ValueError) as error:  # a size beyond any tensor's
+        raise ConfigError(f"the model cannot be built with these settings: {error}") from None
+    if estimate["need"] > estimate["capacity"]:
+        where = f"this GPU ({describe_device(run.device)})" if run.device.type == "cuda" else \
+            "this machine (CPU)"
+        gib = {k: v / 2**30 for k, v in estimate.items() if k in ("need", "state", "activations",
+                                                                 "capacity")}
+        raise ConfigError(f"this run needs about {gib['need']:,.0f} GiB ({estimate['params']:,} "
+                          f"parameters: {gib['state']:,.1f} GiB of weights and optimizer state; "
+                          f"{gib['activations']:,.1f} GiB for {estimate['phase']} of "
+                          f"{estimate['tokens']:,} tokens), more than the {gib['capacity']:,.0f} "
+                          f"GiB of {where}")
 
 
 class RunStopped(Exception):
@@ -1580,13 +1789,14 @@ class StopSignal:
 STOP = StopSignal()
 
 
-def save_stopped_run(hp: Hyperparameters, run: Run, label: str, weights: dict, raw: dict) -> str:
-    """Save the weights of a run that stops early as an artifact EVAL_ONLY=1 can score; say where
-    and how."""
-    artifact = f"{label}_model.int8.ptz"
-    export_artifact(hp, run, weights, artifact, raw, f"{label}_model.pt")
-    return (f"saved the EMA weights to {artifact} (raw state: {label}_model.pt); score them with "
-            f"EVAL_ONLY=1 ARTIFACT={artifact}")
+def save_stopped_run(hp: Hyperparameters, run: Run, data: Data, label: str, weights: dict,
+                     raw: dict) -> str:
+    """Save the weights of a run that stops early, beside ARTIFACT, as an artifact EVAL_ONLY=1
+    can score; say where and how."""
+    artifact = Path(hp.artifact).with_name(f"{label}_model.int8.ptz")
+    export_artifact(hp, run, data, weights, artifact, raw)
+    return (f"saved the EMA weights to {artifact} (raw state: {raw_weights_path(artifact)}); "
+            f"score them with EVAL_ONLY=1 ARTIFACT={artifact}")
 
 
 def check_ranks_agree(run: Run, model: nn.Module, when: str) -> None:
@@ -1628,6 +1838,8 @@ def warm_up(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, trainer, o
             data: Data, per_micro: int) -> None:
     """Compile and exercise every path, the evaluation's too, then put the weights and the
     optimizer state back."""
+    run.log(f"warmup: {hp.warmup_steps} training steps and each evaluation shape once, to compile "
+            "them (then undone)")
     initial_model = copy.deepcopy(model.state_dict())
     initial_opts = [copy.deepcopy(opt.state_dict()) for opt in optimizers]
     loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len,
@@ -1689,27 +1901,29 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
             loss = train_step(trainer, loader, optimizers, hp, run)
         except ConfigError as error:  # bad tokens in a train shard the stream just reached
             raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-            saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
+            saved = save_stopped_run(hp, run, data, "interrupted", ema.weights(model), raw)
             raise ConfigError(f"{error}; {saved}") from None
         step += 1
         elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
-        if step % hp.train_log_every == 0 or step == hp.iterations:
-            # the loss of the whole batch, every rank's share
-            mean_loss = run.all_reduce(loss.clone()).item() / run.world_size
-            run.log(f"step:{step}/{hp.iterations} train_loss:{mean_loss:.4f} "
-                    f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
         # The step's one sync (a logging step adds the loss's): all ranks learn at once whether
         # any ran out of time, got a signal or a non-finite loss, so they stop at the same step,
-        # and whether QAT is due, so they start it together. Time looks a step ahead, so that
-        # training ends before its limit, not a step after it.
+        # whether QAT is due, so they start it together, and whether 30 s passed without a line,
+        # so they log the step together. Time looks a step ahead, so that training ends before
+        # its limit, not a step after it.
         time_frac = 0.0
         if hp.max_wallclock_seconds > 0:
             time_frac = elapsed_ms * (step + 1) / step / (hp.max_wallclock_seconds * 1000)
         qat_due = max(time_frac, step / hp.iterations) >= hp.qat_start_frac
-        flags = torch.tensor([time_frac >= 1, bool(STOP.name), qat_due], device=run.device)
+        quiet = time.perf_counter() - run.last_line > 30
+        flags = torch.tensor([time_frac >= 1, bool(STOP.name), qat_due, quiet], device=run.device)
         flags = torch.cat((flags, ~torch.isfinite(loss).view(1))).int()
         flags = run.all_reduce(flags, dist.ReduceOp.MAX)
-        out_of_time, signalled, qat_due, nonfinite = flags.tolist()
+        out_of_time, signalled, qat_due, quiet, nonfinite = flags.tolist()
+        if step % hp.train_log_every == 0 or step in (1, hp.iterations) or quiet:
+            # the loss of the whole batch, every rank's share
+            mean_loss = run.all_reduce(loss.clone()).item() / run.world_size
+            run.log(f"step:{step}/{hp.iterations} train_loss:{mean_loss:.4f} "
+                    f"train_time:{elapsed_ms:.0f}ms step_avg:{elapsed_ms / step:.2f}ms")
         if qat_due and hp.qat_start_frac < 1 and not qat_on:
             qat_on = True
             set_qat(model, True)
@@ -1718,7 +1932,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         # the weights are spoilt; the EMA, not yet updated with them, is the last good state
         if nonfinite:
             raw = dict(ema=ema.shadow, step=step - 1)
-            saved = save_stopped_run(hp, run, "last_finite", ema.weights(model), raw)
+            saved = save_stopped_run(hp, run, data, "last_finite", ema.weights(model), raw)
             # unless the weights it took in at the step before had overflowed while the loss had not
             if not all(t.isfinite().all() for t in ema.shadow.values()):
                 saved += " (WARNING: the EMA is not finite either)"
@@ -1726,7 +1940,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         ema.update(model, step)
         if signalled:
             raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-            saved = save_stopped_run(hp, run, "interrupted", ema.weights(model), raw)
+            saved = save_stopped_run(hp, run, data, "interrupted", ema.weights(model), raw)
             signal_name = STOP.name or "a signal to another rank"
             raise RunStopped(f"{signal_name} at step {step}: training stopped; {saved}",
                              exit_code=0)
@@ -1744,11 +1958,11 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
     model.load_state_dict(ema.weights(model))  # then the weights on disk before any evaluation
-    sizes = export_artifact(hp, run, model.state_dict(), hp.artifact, model.state_dict(),
-                            "final_model.pt")
+    weights = model.state_dict()
+    sizes = export_artifact(hp, run, data, weights, Path(hp.artifact), weights)
     results.update(steps=step, train_time_s=train_ms / 1000, **sizes)
-    STOP.leaves = (f"after training: the weights are in {hp.artifact} and final_model.pt, results "
-                   f"so far in {run.summary_path}")
+    STOP.leaves = (f"after training: the weights are in {hp.artifact} and "
+                   f"{raw_weights_path(hp.artifact)}, results so far in {run.summary_path}")
     STOP.deferred = False
     if STOP.name:  # it came after the last step
         STOP.handle()
@@ -1772,11 +1986,12 @@ def write_submission(hp: Hyperparameters, run: Run, kernels: Kernels, results: d
     run.log(f"wrote {run.summary_path} and {run.log_path}")
 
 
-def validate_setup(hp: Hyperparameters, run: Run) -> Kernels:
+def validate_setup(hp: Hyperparameters, run: Run, saved: SavedArtifact | None) -> Kernels:
     """Every check that takes seconds at most, before a weight is built or a token loaded (the
-    settings' own limits: Hyperparameters.check; the outputs: setup_run)."""
+    settings' own limits: Hyperparameters.check; the outputs: setup_run). An eval-only run first
+    takes the settings of the artifact it scores, `saved`."""
     if hp.eval_only:
-        use_artifact_settings(hp)
+        use_artifact_settings(hp, saved, run)
     else:
         check_batch_shape(hp, run)
     if not Path(hp.tokenizer_path).is_file():
@@ -1800,7 +2015,9 @@ def validate_setup(hp: Hyperparameters, run: Run) -> Kernels:
         train_tokens = sum(shard_token_count(path) for path in shard_paths(hp.data_path, "train"))
         if train_tokens == 0:
             raise ConfigError(f"DATA_PATH={hp.data_path}: the train shards hold no tokens")
-    return select_kernels(hp, run.device)
+    kernels = select_kernels(hp, run.device)
+    check_memory(hp, run, kernels)
+    return kernels
 
 
 def main() -> int:
@@ -1811,29 +2028,35 @@ def main() -> int:
     try:
         hp = Hyperparameters.from_env()
         run = setup_run(hp)
-        kernels = validate_setup(hp, run)
+        saved = read_artifact(hp.artifact) if hp.eval_only else None
+        kernels = validate_setup(hp, run, saved)
         run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
         data = load_data(hp, run)
         model = build_model(hp, kernels, run.device)
         compiled = maybe_compile(model, hp, run.device)  # one wrapper for training and evaluation
         if hp.eval_only:
             STOP.leaves = f"during evaluation: the results so far are in {run.summary_path}"
-            settings = {k: getattr(hp, k) for k in MODEL_SETTINGS}
-            run.log(f"eval_only: scoring {hp.artifact} with its settings {settings}")
-            results.update(artifact_sizes(hp.artifact, run))
+            if saved.validation not in (None, data.val_fingerprint):
+                run.log(f"WARNING: the validation data ({data.val_fingerprint}) is not the run's "
+                        f"({saved.validation}): the score is not the run's")
+            results.update(artifact_sizes(saved.blob, run))
         else:
             train_model(hp, run, model, compiled, data, results)
         evaluate_artifact(hp, run, data, model, compiled, results)
     except (ConfigError, RunStopped) as stop:
         results["stopped"] = f"{stop.label}: {stop}"
         return stop.exit_code
+    except OSError as error:  # a path that cannot be read or written: named, in one line
+        results["stopped"] = f"error: {error.filename or ''}: {error.strerror or error}"
+        return ConfigError.exit_code
     finally:
         # an artifact was written or read: keep what is final so far
         if "bytes_total" in results and run.rank == 0:
             write_submission(hp, run, kernels, results)
         if "stopped" in results:  # one line on stderr, and the log ends with it too
-            print(results["stopped"], file=sys.stderr, flush=True)
-            run.log(results["stopped"], console=False)
+            line = results["stopped"].replace("\n", "\\n")  # a path may hold a newline
+            print(line, file=sys.stderr, flush=True)
+            run.log(line, console=False)
         # on every way out: a gloo process that exits with its group still up may abort
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -270,7 +270,7 @@ def test_quantization_grid_floor_own_scale_and_exact_compression():
     raw = zstandard.ZstdDecompressor().decompress(blob)
     packed = torch.load(io.BytesIO(raw))
     reference = io.BytesIO()
-    torch.save(dict(tg.quantize_state_dict(state, 8), settings=None), reference)
+    torch.save(tg.quantize_state_dict(state, 8), reference)
     assert raw == reference.getvalue(), "compression must be lossless, byte for byte"
     restored = tg.unpack_artifact(blob)
     assert restored.keys() == state.keys()
