@@ -13,7 +13,7 @@ import sentencepiece as spm
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the script
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script, and the tools that tests import (benchmark.py)
 
 import train_gpt as tg  # noqa: E402 (found through the path above)
 

@@ -1,6 +1,6 @@
-"""Issue 12's recipe rows one at a time: train_gpt.py with chosen rows put back as they were before (CPU or GPU).
+"""Use to measure one row of the recipe (docs/recipe.md): train_gpt.py with chosen rows switched back (CPU or GPU).
 
-    OLD_ROWS=bigram,dt SEED=1337 <settings> python measurements/recipe_rows.py
+    OLD_ROWS=bigram,dt SEED=1337 <settings> python3 tools/recipe_rows.py
 
 OLD_ROWS (comma-separated) switches these rows to their other choice for this run only:
   ortho   linear weights keep PyTorch's default initialisation instead of orthogonal (PR #599's)
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where train_gpt.py is
 import train_gpt as tg  # noqa: E402
 
 ROWS = set(filter(None, os.environ.get("OLD_ROWS", "").split(",")))

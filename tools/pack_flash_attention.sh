@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# FlashAttention-4 for the H200 device machine, which has no network: the wheels that the eighth session measured,
-# fetched here (Python 3.12, x86-64 Linux), unpacked and packed into one archive small enough to carry (64 MiB a call).
-#   bash measurements/pack_flash_attention.sh          # writes .fa/flash_attention_site.tar.xz (about 55 MB, 2-3 min)
-# On the device, before the session driver (carry [".gpu", ".fa"]):
+# Use to install FlashAttention-4 on a GPU machine without network: packs the pinned wheels into one archive.
+# Run on a machine with network (fetches for Python 3.12, x86-64 Linux; about 55 MB, 2-3 min):
+#   bash tools/pack_flash_attention.sh          # writes .fa/flash_attention_site.tar.xz
+# Then, on the GPU machine, before training or benchmarking:
 #   mkdir -p /tmp/site && tar xJf .fa/flash_attention_site.tar.xz -C /tmp/site
 #   export PYTHONPATH=/tmp/site:/tmp/site/nvidia_cutlass_dsl/python_packages   # what the package's .pth file would add
-# Pinned: newer nvidia-cutlass-dsl wheels (4.5 on) split into parts, and this machine's index served no part with the
-# DSL's Python code (no cutlass.cute); 4.4.2's one wheel has it, and flash-attn-4 4.0.0b15 and quack-kernels 0.4.1
-# accept it. The archive is too big to carry beside .gpu/devtext_sp1024 (36 MB): a run that needs both unpacks this
-# in one call and trains in the next, on the machine kept warm.
+# Pinned (the versions measured in docs/performance.md): newer nvidia-cutlass-dsl wheels (4.5 on) split into parts, and
+# the index used then served no part with the DSL's Python code (no cutlass.cute); 4.4.2's one wheel has it, and
+# flash-attn-4 4.0.0b15 and quack-kernels 0.4.1 accept it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx "/.fa/" .git/info/exclude || echo "/.fa/" >> .git/info/exclude
+exclude=$(git rev-parse --git-path info/exclude)  # .fa/ stays out of git (in a worktree too)
+mkdir -p "$(dirname "$exclude")" && touch "$exclude"
+grep -qx "/.fa/" "$exclude" || echo "/.fa/" >> "$exclude"
 work=$(mktemp -d)
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 -d "$work/wheels" \

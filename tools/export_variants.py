@@ -1,6 +1,8 @@
-"""Size and roundtrip BPB of one run's EMA weights exported with the embedding and/or the head kept in fp16.
+"""Use to price a change of the artifact's format: one run's weights packed with the embedding and/or head in fp16.
 
-    python measurements/export_variants.py RAW_WEIGHTS.pt   # settings from the environment, as for training
+    python3 tools/export_variants.py RAW_WEIGHTS.pt   # settings from the environment, as for training
+
+Prints the size and roundtrip BPB of each variant.
 
 RAW_WEIGHTS is the raw state a training run saves before its export (`final_model.pt`: the EMA weights). Each
 variant is packed as train_gpt.py packs the artifact, except that the named tensors are kept in fp16 instead of
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where train_gpt.py is
 import train_gpt as tg  # noqa: E402
 
 VARIANTS = {"all int8 (default)": (), "tok_emb fp16": ("tok_emb.weight",), "lm_head fp16": ("lm_head.weight",),
@@ -29,6 +31,8 @@ def packed_variant(weights: dict, bits: int, fp16: tuple) -> dict:
 
 
 def main():
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit(print(__doc__) or 2)
     hp = tg.Hyperparameters.from_env()
     run = tg.setup_run(hp)
     kernels = tg.select_kernels(hp, run.device)

@@ -1,11 +1,13 @@
-"""Time FlexAttention at train_gpt.py's shape under several kernel_options, forward and backward apart.
+"""Use to retune FlexAttention (the script's fallback attention) for a new GPU or shape: times its kernel options.
 
-    python measurements/flex_configs.py [--json best.json]
+    python3 tools/flex_configs.py [--json best.json]
+
+Times FlexAttention at train_gpt.py's shape under several kernel_options, forward and backward apart.
 
 The shape is one H200's share of the record's step: 2 sequences of 32,768 tokens, 8 query and 4 KV heads
 of 64, causal sliding window of 1,024, bf16, q/k/v laid out as the model passes them ((b, t, h, d) seen
 as (b, h, t, d)). Options prefixed fwd_ reach only the forward kernel, bwd_ only the backward, so the best
-of each can be combined; --json writes that combination, for `benchmark.py --flex-options`.
+of each can be combined; --json writes that combination, for `tools/benchmark.py --flex-options`.
 Times are per layer (the model runs 8); medians of CUDA-event timings after warm-up.
 """
 import argparse
@@ -16,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where train_gpt.py is
 import train_gpt as tg  # noqa: E402  (the block mask, exactly as training makes it)
-from benchmark import median_ms  # noqa: E402
+from benchmark import median_ms  # noqa: E402  (tools/benchmark.py, beside this file)
 
 BATCH, HEADS, KV_HEADS, LENGTH, HEAD_DIM, WINDOW = 2, 8, 4, 32768, 64, 1024
 

@@ -1,10 +1,10 @@
-"""Compare runs of train_gpt.py by their logs: the training loss at every logged step, side by side.
+"""Use to check that two runs train the same model (e.g. 1 GPU against 2): their logged losses side by side.
 
-    python measurements/compare_runs.py REFERENCE.txt OTHER.txt [MORE.txt ...]
+    python3 tools/compare_runs.py REFERENCE.txt OTHER.txt [MORE.txt ...]
 
 Prints, for each logged step, every run's train_loss and each other run's difference from the first;
 then the largest difference over all steps, the final scores, and the ranks_agree lines. For the
-multi-GPU equality check (README): the first log is one GPU with two micro-steps, a second is the
+multi-GPU equality check (docs/performance.md): the first log is one GPU with two micro-steps, a second is the
 same run repeated (its differences are the run-to-run noise of non-deterministic kernels), a third is
 two GPUs with one micro-step each.
 """

@@ -1,13 +1,16 @@
-"""Time train_gpt.py's hot paths on one GPU at the record's per-GPU shape, and project the 8-GPU record.
+"""Use before and after a change to train_gpt.py's speed: times its step on a GPU at the record's per-GPU shape.
 
-    python benchmark.py                 # the backends train_gpt.py would pick (env vars as for training)
-    python benchmark.py --ablate        # then again with each fast backend switched off, one at a time
-    python benchmark.py --profile       # and print the CUDA kernels that take the training step's time
-    python benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
-    python benchmark.py --compile-mode reduce-overhead          # the model compiled in another mode (CUDA graphs)
-    python benchmark.py --inductor coordinate_descent_tuning=True   # with a torch._inductor.config setting (repeatable)
-    python benchmark.py --tokens-from DIR/fineweb_train_000000.bin   # a batch of real text, not random tokens
-    torchrun --standalone --nproc_per_node=2 benchmark.py --train-only --profile   # each GPU this shape, gradients shared
+Times the hot paths on one GPU (or on each, under torchrun) and projects the 8-GPU record. Run from anywhere:
+
+    python3 tools/benchmark.py                 # the backends train_gpt.py would pick (env vars as for training)
+    python3 tools/benchmark.py --warmup 3 --iters 10 --train-only   # the training step alone: compare versions
+    python3 tools/benchmark.py --ablate        # then again with each fast backend switched off, one at a time
+    python3 tools/benchmark.py --profile --profile-rows 60   # and the CUDA kernels that take the step's time
+    python3 tools/benchmark.py --flex-options '{"bwd_num_warps": 4}'   # with FlexAttention kernel options
+    python3 tools/benchmark.py --compile-mode reduce-overhead          # the model compiled in another mode (CUDA graphs)
+    python3 tools/benchmark.py --inductor coordinate_descent_tuning=True   # a torch._inductor.config setting (repeatable)
+    python3 tools/benchmark.py --tokens-from DIR/fineweb_train_000000.bin   # a batch of real text, not random tokens
+    torchrun --standalone --nproc_per_node=2 tools/benchmark.py --train-only --profile   # each GPU this shape, DDP
 
 Under torchrun every GPU runs the record's per-GPU step with the model wrapped in DDP as train_gpt.py wraps
 it, and Muon shares its updates; rank 0 prints. --profile then also says how much of the communication
@@ -29,6 +32,7 @@ import json
 import math
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +41,8 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-import train_gpt as tg
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where train_gpt.py is
+import train_gpt as tg  # noqa: E402
 
 PEAK_BF16_FLOPS = 989e12  # H100/H200 SXM dense bf16, the datasheet figure
 FINEWEB_VAL_TOKENS = 62_021_846
@@ -275,7 +280,7 @@ def main():
     parser.add_argument("--inductor", action="append", default=[], metavar="NAME=VALUE", help="a torch._inductor.config "
                         "setting for this run (a Python literal, else a string), e.g. coordinate_descent_tuning=True")
     parser.add_argument("--flex-options", help="JSON kernel_options for FlexAttention, to try options that "
-                        "measurements/flex_configs.py found, instead of train_gpt.py's own")
+                        "tools/flex_configs.py found, instead of train_gpt.py's own")
     args = parser.parse_args()
     for name, value in inductor_settings(args.inductor).items():
         setattr(torch._inductor.config, name, value)
