@@ -13,9 +13,7 @@ import sentencepiece as spm
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "measurements")]  # the script, and the probes its tests also check
-if not torch.cuda.is_available():  # Triton's kernels (test_triton_scan.py) then run in its interpreter; read when the
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # script's import (torch._dynamo) first imports triton, if installed
+sys.path[:0] = [str(ROOT), str(ROOT / "tools")]  # the script, and the tools that tests import (benchmark.py)
 
 import train_gpt as tg  # noqa: E402 (found through the path above)
 

@@ -1,4 +1,4 @@
-"""benchmark.py's own arithmetic (its timings need a GPU)."""
+"""tools/benchmark.py's own arithmetic (its timings need a GPU)."""
 import pytest
 
 import benchmark
