@@ -1957,6 +1957,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
                 "EMA_DECAY, EMA_EVERY")
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
+    last_step = {name: t.detach().clone() for name, t in model.state_dict().items()}
     model.load_state_dict(ema.weights(model))  # then the weights on disk before any evaluation
     weights = model.state_dict()
     sizes = export_artifact(hp, run, data, weights, Path(hp.artifact), weights)
@@ -1970,6 +1971,12 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     set_qat(model, False)  # score the float EMA weights: the gap to the roundtrip is quantization's
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     run.log(f"final_ema_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
+    results.update(ema_val_bpb=bpb)
+    # the last step's weights, not averaged: what the EMA is to beat (evaluation reads the artifact)
+    model.load_state_dict(last_step)
+    loss, bpb = evaluate_bpb(compiled, data, hp, run)
+    run.log(f"final_last_step_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
+    results.update(last_step_val_bpb=bpb)
 
 
 # -----------------------------------------------------------------------------

@@ -45,6 +45,11 @@ def test_bytes_total_is_script_plus_artifact(tiny_run):
     assert summary["val_bpb"] == pytest.approx(float(ttt["val_bpb"]), abs=1e-8)
     assert summary["steps"] == 12 and summary["world_size"] == 1 and summary["seed"] == 7
     assert summary["backends"] == {"scan": "reference", "attn": "reference"}
+    # the exported EMA's score beside the last step's weights', which it is to beat
+    ema = float(final_line(result.stdout, "final_ema_prequant")["val_bpb"])
+    last = float(final_line(result.stdout, "final_last_step_prequant")["val_bpb"])
+    assert summary["ema_val_bpb"] == pytest.approx(ema, abs=1e-4) and ema != last
+    assert summary["last_step_val_bpb"] == pytest.approx(last, abs=1e-4)
 
 
 def test_training_lowers_the_loss(tiny_run):

@@ -73,8 +73,8 @@ def main():
     rows, first = [], None
     print(f"| attention | {TABLE_COLUMNS}\n|---|---|---|---|---|---|")
     for name, attn in (("flash", tg.sliding_window_attention_flash), ("flex", tg.sliding_window_attention_flex)):
-        window = tg.flex_sliding_window_mask(LENGTH, WINDOW, q.device) if name == "flex" else WINDOW
-        compiled = torch.compile(lambda q, k, v: attn(q, k, v, window), dynamic=False)
+        mask = tg.flex_sliding_window_mask(LENGTH, WINDOW, q.device) if name == "flex" else None
+        compiled = torch.compile(lambda q, k, v: attn(q, k, v, WINDOW, mask), dynamic=False)
         forward = lambda: compiled(q, k, v)
         had_first = first is not None
         row, first = time_candidate(name, forward, lambda: torch.autograd.grad(forward(), [q, k, v], grad), first)
@@ -83,7 +83,8 @@ def main():
             short = [t[:, :4096].detach().clone().requires_grad_() for t in (q, k, v)]
             exact = tg.sliding_window_attention_reference(*short, WINDOW)
             exact_grads = torch.autograd.grad(exact, short, grad[:, :4096])
-            mine = attn(*short, window if name != "flex" else tg.flex_sliding_window_mask(4096, WINDOW, q.device))
+            short_mask = tg.flex_sliding_window_mask(4096, WINDOW, q.device) if name == "flex" else None
+            mine = attn(*short, WINDOW, short_mask)
             mine_grads = torch.autograd.grad(mine, short, grad[:, :4096])
             print(f"{name} against the reference on 4,096 positions: max rel. error "
                   f"{max(map(relative_error, [mine, *mine_grads], [exact, *exact_grads])):.2e}")

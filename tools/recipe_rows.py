@@ -64,10 +64,10 @@ def bf16(x):
     return x.bfloat16().float()
 
 
-def block_in_bf16(self, x, x0, window):
+def block_in_bf16(self, x, x0, block_mask):
     """Block.forward with each tensor that the GPU would store in bf16 rounded to it."""
     x = bf16(self.resid_mix[0] * x + self.resid_mix[1] * x0)
-    x = bf16(x + self.mixer_scale * bf16(self.mixer(tg.rms_norm(x), window)))
+    x = bf16(x + self.mixer_scale * bf16(self.mixer(tg.rms_norm(x), block_mask)))
     return bf16(x + self.mlp_scale * bf16(self.mlp(tg.rms_norm(x))))
 
 
