@@ -33,3 +33,14 @@ def test_inductor_settings_parse_literals_and_refuse_unknown_names():
     for bad in ("coordinate_descent_tunning=True", "coordinate_descent_tuning"):
         with pytest.raises(SystemExit):
             benchmark.inductor_settings([bad])
+
+
+def test_side_by_side_reads_a_runs_final_scores(tiny_run):
+    """tools/side_by_side.py's table: the scores a run's log ends with, from its last lines."""
+    import side_by_side
+    cwd, result = tiny_run
+    scores = side_by_side.final_scores(cwd / "logs/tiny.txt")
+    assert scores["steps"] == 12 and "stopped" not in scores
+    for column, (prefix, field) in side_by_side.SCORES.items():
+        expected = [line for line in result.stdout.splitlines() if line.startswith(prefix + " ")][-1]
+        assert f"{field}:" in expected and abs(scores[column] - float(expected.split(f"{field}:")[1].split()[0])) < 1e-9
