@@ -1,4 +1,5 @@
-"""Tests for records.py: log parsing, errors, statistics, submission, folder, plot."""
+"""Tests for tools/records.py: log parsing, errors, statistics, submission, folder, plot."""
+import argparse
 import json
 import math
 import statistics
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+RECORDS = ROOT / "tools" / "records.py"
+sys.path.insert(0, str(RECORDS.parent))
 import records  # noqa: E402
 
 # Source-code noise as it appears at the top of a real log: these lines mention
@@ -72,7 +74,7 @@ def write_runs(tmp_path, losses, bpbs=None, bytes_total=15_000_000):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, str(ROOT / "records.py"), *map(str, args)],
+    return subprocess.run([sys.executable, str(RECORDS), *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT)
 
 
@@ -392,16 +394,57 @@ def test_log_cut_during_ttt_is_truncated(tmp_path):
     text = make_log(ttt=False) + "ttt: 119 chunks of 524288 tokens, score first, then adapt\n"  # killed in TTT
     log = tmp_path / "cut.txt"
     log.write_text(text)
-    result = subprocess.run([sys.executable, str(ROOT / "records.py"), "table", str(log)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(RECORDS), "table", str(log)], capture_output=True, text=True)
     assert result.returncode == 2 and "truncated during TTT" in result.stderr
 
 
 def test_settings_needs_a_hyperparameters_line(tmp_path):
     log = tmp_path / "old.txt"
     log.write_text(make_log())
-    result = subprocess.run([sys.executable, str(ROOT / "records.py"), "settings", str(log)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(RECORDS), "settings", str(log)], capture_output=True, text=True)
     assert result.returncode == 2 and "no 'hyperparameters:" in result.stderr
     log.write_text(make_log() + 'hyperparameters: {"num_layers": 8, "run_note": "a b", "use_smeargate": true, '
                    '"data_path": "/data/my folder"}\n')
-    result = subprocess.run([sys.executable, str(ROOT / "records.py"), "settings", str(log)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(RECORDS), "settings", str(log)], capture_output=True, text=True)
     assert result.stdout.splitlines() == ["export NUM_LAYERS=8", "export USE_SMEARGATE=1", "export DATA_PATH='/data/my folder'"]
+
+
+# --- the command line itself ------------------------------------------------------
+
+def help_texts(parser):
+    """(where, text) of the parser's description and of every option's and command's help."""
+    yield parser.prog, parser.description
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                yield f"{parser.prog} {choice.dest}", choice.help
+            for sub in action.choices.values():
+                yield from help_texts(sub)
+        elif not isinstance(action, argparse._HelpAction):
+            yield f"{parser.prog} {'/'.join(action.option_strings) or action.dest}", action.help
+
+
+def test_help_is_written_in_whole_sentences():
+    texts = list(help_texts(records.build_parser()))
+    assert len(texts) > 25
+    for where, text in texts:
+        assert text and text[0].isupper() and text.rstrip().endswith("."), (where, text)
+    assert records.build_parser().description == records.__doc__
+
+
+@pytest.mark.parametrize("command", ["", "table", "submission", "folder", "plot", "settings"])
+def test_help_runs_from_any_folder(tmp_path, command):
+    result = subprocess.run([sys.executable, str(RECORDS), *command.split(), "-h"],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0 and result.stderr == ""
+    assert result.stdout.startswith("usage: records.py")
+
+
+def test_table_runs_from_another_folder_with_relative_paths(tmp_path):
+    write_runs(tmp_path, [1.90, 1.91])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([sys.executable, str(RECORDS), "table", "../run0.txt", "../run1.txt"],
+                            capture_output=True, text=True, cwd=elsewhere)
+    assert result.returncode == 0, result.stderr
+    assert "1.90500000" in result.stdout  # the mean

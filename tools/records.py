@@ -1,8 +1,14 @@
 #!/usr/bin/env python3
-"""Check, compare and package Parameter Golf runs (subcommands: table,
-submission, folder, plot; see `python records.py -h`). A RUN is a training log
-(*.txt, *.log), a per-run submission.json, or a directory holding them.
-Bad input gives one line `error: <file>: <what>` on stderr and exit code 2.
+"""Check, compare and package Parameter Golf runs.
+
+Commands: `table` prints each seed's results with their mean and sample standard deviation
+and, given the val_loss of the record to beat, a one-sided t-test; `submission` writes the
+combined submission.json; `folder` assembles a challenge record folder; `plot` draws the loss
+curves; `settings` prints a run's settings as shell exports. It runs from any folder, and
+`python3 tools/records.py COMMAND -h` lists a command's options.
+
+A RUN is a training log (*.txt, *.log), a per-run submission.json, or a folder holding them.
+Bad input gives one line `error: <what>` on stderr and exit code 2.
 """
 from __future__ import annotations
 
@@ -352,7 +358,7 @@ def build_folder(runs: list[Run], args) -> Path:
     sub = combined_submission(runs, args, bytes_code=code_bytes)
     out.mkdir(parents=True, exist_ok=True)
     # With --force: a seed log or artifact from an earlier assembly would join the
-    # folder's seed table (`records.py table .`), so those go; other files stay.
+    # folder's seed table (`tools/records.py table FOLDER`), so those go; other files stay.
     for pattern in PER_SEED_FILES:
         for stale in out.glob(pattern):
             stale.unlink()
@@ -439,43 +445,58 @@ def plot_runs(runs: list[Run], out: str) -> None:
 # --- Command line ------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text)
 
     def with_runs(name, help_text):
-        p = sub.add_parser(name, help=help_text)
+        p = command(name, help_text)
         p.add_argument("runs", nargs="+", metavar="RUN",
-                       help="training log, per-run submission.json, or a directory of them")
+                       help="Each RUN is a training log, a per-run submission.json, or a folder of them.")
         return p
 
     def with_metadata(p):
-        for flag in ("--name", "--author", "--github-id", "--blurb"):
-            p.add_argument(flag, required=True)
-        p.add_argument("--date", help="YYYY-MM-DD (default: today)")
+        for flag, what in (("--name", "Name the record."), ("--author", "Give the author's name."),
+                           ("--github-id", "Give the author's GitHub user name."),
+                           ("--blurb", "Describe the record in a sentence or two.")):
+            p.add_argument(flag, required=True, help=what)
+        p.add_argument("--date", help="Date the record, written YYYY-MM-DD (default: today).")
 
-    p = with_runs("table", "per-seed table, mean/sd, optional significance test")
-    p.add_argument("--previous-val-loss", type=float, help="val_loss of the record to beat")
-    p.add_argument("--margin", type=float, default=0.005, help="required gain in nats")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level")
-    p = with_runs("submission", "write the combined submission.json")
+    p = with_runs("table", "Print the per-seed table, the mean and sample standard deviation, "
+                           "and optionally a one-sided t-test against the record to beat.")
+    p.add_argument("--previous-val-loss", type=float, metavar="LOSS",
+                   help="Run the t-test against this val_loss, the record to beat.")
+    p.add_argument("--margin", type=float, default=0.005, metavar="NATS",
+                   help="Require the runs to beat it by this many nats (default 0.005).")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="Use this significance level for the t-test (default 0.01).")
+    p = with_runs("submission", "Write the combined submission.json of the runs.")
     with_metadata(p)
-    p.add_argument("-o", "--output", required=True)
-    p = with_runs("folder", "assemble a record folder")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="Write the submission.json to this file.")
+    p = with_runs("folder", "Assemble a challenge record folder from the runs' logs.")
     with_metadata(p)
-    p.add_argument("--out", required=True, help="record folder to create")
-    p.add_argument("--script", required=True, help="the training script (copied as train_gpt.py)")
-    p.add_argument("--readme", help="README.md to copy (default: a generated one)")
-    p.add_argument("--requirements", help="default: requirements.txt beside the script")
+    p.add_argument("--out", required=True, metavar="FOLDER", help="Create the record folder here.")
+    p.add_argument("--script", required=True,
+                   help="Copy this training script, the one that made the runs, as train_gpt.py.")
+    p.add_argument("--readme", help="Copy this README.md instead of generating one.")
+    p.add_argument("--requirements",
+                   help="Copy this requirements.txt (default: the one beside the script).")
     p.add_argument("--artifact", action="append", metavar="SEED=PATH",
-                   help="a seed's final_model.int8.ptz (repeatable; default: "
-                        "final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz beside its log)")
+                   help="Take seed SEED's final_model.int8.ptz from PATH; give it once per seed "
+                        "(default: final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz "
+                        "beside its log).")
     p.add_argument("--force", action="store_true",
-                   help="write into an existing, non-empty folder (its per-seed logs and "
-                        "artifacts are replaced, other files kept)")
-    p = with_runs("plot", "loss curves against steps and wall-clock (PNG)")
-    p.add_argument("-o", "--output", required=True)
-    p = sub.add_parser("settings", help="print a run's settings as shell exports, to re-score its artifact")
-    p.add_argument("log", type=Path, help="a train_gpt.py log")
+                   help="Write into an existing, non-empty folder: its per-seed logs and "
+                        "artifacts are replaced, and its other files are kept.")
+    p = with_runs("plot", "Plot the loss curves against steps and wall-clock time.")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="Write the image to this file.")
+    p = command("settings", "Print a run's settings as shell exports, to re-score its artifact.")
+    p.add_argument("log", type=Path, help="Read the settings from this train_gpt.py log.")
     return parser
 
 
