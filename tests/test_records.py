@@ -196,8 +196,11 @@ def test_t_test_critical_value_from_the_table():
 
 
 def test_t_test_identical_seeds_and_missing_scipy(monkeypatch):
-    assert records.one_sided_test([1.9, 1.9, 1.9], previous=1.93, margin=0.005)[1:] == (2, 0.0)
-    assert records.one_sided_test([1.9, 1.9, 1.9], previous=1.90, margin=0.005)[1:] == (2, 1.0)
+    # zero spread or one seed: t is undefined, not +-inf with p = 0 or 1
+    with pytest.raises(ValueError, match="standard deviation is 0"):
+        records.one_sided_test([1.9, 1.9, 1.9], previous=1.93, margin=0.005)
+    with pytest.raises(ValueError, match="needs >= 2 seeds"):
+        records.one_sided_test([1.9], previous=1.93, margin=0.005)
     monkeypatch.setitem(sys.modules, "scipy", None)  # makes `from scipy import stats` fail
     with pytest.raises(records.RecordsError, match="needs scipy"):
         records.one_sided_test([1.90, 1.91], previous=1.93, margin=0.005)
@@ -213,6 +216,74 @@ def test_table_cli_reports_verdict(tmp_path):
     assert "SIGNIFICANT at alpha = 0.1" in out and "NOT" not in out
     out = run_cli("table", paths[0], "--previous-val-loss", 1.93).stdout
     assert "needs >= 2 seeds" in out
+
+
+@pytest.mark.parametrize("losses, reason", [
+    ([1.90, 1.90, 1.90], "the 3 seeds have the same val_loss, so the sample standard deviation "
+                         "is 0 and t is undefined"),
+    ([1.90], "the t-test needs >= 2 seeds (have 1)"),
+])
+def test_table_makes_no_test_on_a_degenerate_sample(tmp_path, losses, reason):
+    result = run_cli("table", *write_runs(tmp_path, losses), "--previous-val-loss", 1.93)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [f"warning: no t-test made: {reason}"]
+    assert f"no t-test made: {reason}" in result.stdout
+    assert "SIGNIFICANT" not in result.stdout.upper() and "t = " not in result.stdout
+    assert "1.90000000" in result.stdout  # the table itself is there
+    assert run_cli("table", *write_runs(tmp_path, losses)).stderr == ""  # no test asked for
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--previous-val-loss", "nan", "expected a finite val_loss > 0"),
+    ("--previous-val-loss", "inf", "expected a finite val_loss > 0"),
+    ("--previous-val-loss", "-inf", "expected a finite val_loss > 0"),
+    ("--previous-val-loss", "0", "expected a finite val_loss > 0"),
+    ("--alpha", "2", "expected a significance level between 0 and 1, both excluded"),
+    ("--alpha", "1", "expected a significance level between 0 and 1, both excluded"),
+    ("--alpha", "0", "expected a significance level between 0 and 1, both excluded"),
+    ("--alpha", "nan", "expected a significance level between 0 and 1, both excluded"),
+    ("--margin", "-1", "expected a finite number of nats >= 0"),
+    ("--margin", "inf", "expected a finite number of nats >= 0"),
+    ("--margin", "nan", "expected a finite number of nats >= 0"),
+])
+def test_table_refuses_meaningless_test_options(tmp_path, option, value, expected):
+    paths = write_runs(tmp_path, [1.90, 1.91, 1.92])
+    extra = [] if option == "--previous-val-loss" else ["--previous-val-loss", "1.93"]
+    result = run_cli("table", *paths, *extra, f"{option}={value}")  # = lets "-inf" be a value
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [f"error: {option} {float(value)}: {expected}"]
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("val_loss", float("nan"), "is not a finite number >= 0 (nan)"),
+    ("val_bpb", float("inf"), "is not a finite number >= 0 (inf)"),
+    ("train_time_s", float("inf"), "is not a finite number >= 0 (inf)"),
+    ("val_loss", -1.9, "is not a finite number >= 0 (-1.9)"),
+    ("bytes_total", 15_000_000.5, "is not a whole number (15000000.5)"),
+    ("steps", "6600", "is not a finite number >= 0 ('6600')"),
+])
+def test_meaningless_numbers_in_a_run_json_are_refused(tmp_path, key, value, expected):
+    data = {"seed": 1, "val_loss": 1.9, "val_bpb": 1.1, "bytes_total": 15_000_000, key: value}
+    p = tmp_path / "submission.json"
+    p.write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+    result = run_cli("table", p)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: {p}: key {key} {expected}"]
+
+
+def test_a_whole_float_count_in_a_run_json_is_taken_as_an_integer(tmp_path):
+    p = tmp_path / "submission.json"
+    p.write_text(json.dumps({"seed": 1.0, "val_loss": 1.9, "val_bpb": 1.1, "bytes_total": 1.5e7}))
+    result = run_cli("table", p)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[1].split()[:4] == ["1", "1.90000000", "1.10000000", "15000000"]
+
+
+def test_a_negative_loss_in_a_log_is_refused(tmp_path):
+    [path] = write_runs(tmp_path, [-1.9])
+    result = run_cli("table", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {path}: final val_loss/val_bpb is negative"]
 
 
 # --- submission and folder --------------------------------------------------------
@@ -235,6 +306,19 @@ def test_combined_submission(tmp_path):
     assert set(sub["seeds"][0]) == {"seed", "val_loss", "val_bpb", "bytes_total",
                                     "steps", "train_time_s", "eval_time_s"}
     assert sub["seeds"][1]["steps"] == 6615
+
+
+def test_submission_replaces_an_existing_file_only_with_force(tmp_path):
+    paths = write_runs(tmp_path, [1.90, 1.91])
+    out = tmp_path / "submission.json"
+    out.write_text("mine")
+    result = run_cli("submission", *paths, *META, "-o", out)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {out}: exists; pass --force to replace it"]
+    assert out.read_text() == "mine"
+    result = run_cli("submission", *paths, *META, "-o", out, "--force")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["val_loss"] == pytest.approx(1.905)
 
 
 def small_runs(folder, losses):
@@ -388,6 +472,26 @@ def test_plot_writes_png(tmp_path):
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(data) > 10_000
+
+
+@pytest.mark.parametrize("name, start", [("curves.svg", b"<?xml"), ("curves.PDF", b"%PDF")])
+def test_plot_format_follows_the_extension(tmp_path, name, start):
+    pytest.importorskip("matplotlib", reason="plot needs matplotlib (pip install matplotlib)")
+    out = tmp_path / name
+    result = run_cli("plot", *write_runs(tmp_path, [1.90]), "-o", out)
+    assert result.returncode == 0, result.stderr
+    assert out.read_bytes().startswith(start)
+
+
+@pytest.mark.parametrize("name", ["curves.txt", "curves"])
+def test_plot_refuses_a_file_name_without_an_image_format(tmp_path, name):
+    pytest.importorskip("matplotlib", reason="plot needs matplotlib (pip install matplotlib)")
+    out = tmp_path / name
+    result = run_cli("plot", *write_runs(tmp_path, [1.90]), "-o", out)
+    assert result.returncode == 2 and not out.exists()
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"error: {out}: the file name must end in an image format")
+    assert ".png" in line and ".svg" in line
 
 
 def test_log_cut_during_ttt_is_truncated(tmp_path):

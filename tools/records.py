@@ -26,6 +26,7 @@ from pathlib import Path
 
 SIZE_LIMIT = 16_000_000  # challenge cap on script bytes + compressed model bytes
 SEED_KEYS = ("seed", "val_loss", "val_bpb", "bytes_total", "steps", "train_time_s", "eval_time_s")
+WHOLE_KEYS = ("seed", "bytes_total", "bytes_code", "bytes_model", "steps")  # counts, not measures
 
 
 class RecordsError(Exception):
@@ -151,8 +152,16 @@ def parse_run_json(path: Path) -> Run:
         raise RecordsError(f"{path}: missing key(s) {', '.join(missing)}")
     fields = {k: data.get(k) for k in SEED_KEYS + ("bytes_code", "bytes_model")}
     for key, value in fields.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise RecordsError(f"{path}: key {key} is not a number ({value!r})")
+        if value is None:
+            continue
+        # NaN, Infinity, a negative count or time: the table and the submission would carry it
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0):
+            raise RecordsError(f"{path}: key {key} is not a finite number >= 0 ({value!r})")
+        if key in WHOLE_KEYS:
+            if value != int(value):
+                raise RecordsError(f"{path}: key {key} is not a whole number ({value!r})")
+            fields[key] = int(value)
     return Run(source=path, **fields)
 
 
@@ -186,6 +195,8 @@ def load_runs(paths: list[str]) -> list[Run]:
     for run in runs:  # a diverged run (nan) would silently poison the mean and the test
         if not (math.isfinite(run.val_loss) and math.isfinite(run.val_bpb)):
             raise RecordsError(f"{run.source}: final val_loss/val_bpb is not finite")
+        if run.val_loss < 0 or run.val_bpb < 0:  # a cross-entropy is never negative
+            raise RecordsError(f"{run.source}: final val_loss/val_bpb is negative")
     # A repeated seed would inflate n and fake significance, so refuse it.
     by_seed: dict[int, Run] = {}
     for run in runs:
@@ -198,15 +209,37 @@ def load_runs(paths: list[str]) -> list[Run]:
 
 # --- Statistics --------------------------------------------------------------
 
+def check_test_options(previous, margin: float, alpha: float) -> None:
+    """The t-test's inputs from the command line must mean something."""
+    if previous is not None and not (math.isfinite(previous) and previous > 0):
+        raise RecordsError(f"--previous-val-loss {previous}: expected a finite val_loss > 0")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise RecordsError(f"--margin {margin}: expected a finite number of nats >= 0")
+    if not 0 < alpha < 1:
+        raise RecordsError(f"--alpha {alpha}: expected a significance level between 0 and 1, "
+                           "both excluded")
+
+
+def untestable(losses: list[float]) -> str | None:
+    """Why the t-test is undefined for these losses, or None when it is defined."""
+    if len(losses) < 2:
+        return f"the t-test needs >= 2 seeds (have {len(losses)})"
+    if statistics.stdev(losses) == 0.0:
+        return (f"the {len(losses)} seeds have the same val_loss, so the sample standard "
+                "deviation is 0 and t is undefined")
+    return None
+
+
 def one_sided_test(losses: list[float], previous: float, margin: float):
     """t-test of H1: mean(losses) < previous - margin. Returns (t, df, p).
 
-    t is positive when the mean beats the target (previous - margin)."""
+    t is positive when the mean beats the target (previous - margin). Fewer than two
+    losses, or identical ones, raise ValueError (see untestable)."""
+    reason = untestable(losses)
+    if reason:
+        raise ValueError(reason)
     n = len(losses)
     target = previous - margin
-    if statistics.stdev(losses) == 0.0:  # identical seeds: the gap alone decides
-        better = statistics.fmean(losses) < target
-        return (math.inf, n - 1, 0.0) if better else (-math.inf, n - 1, 1.0)
     try:  # imported here so that the other subcommands work without it
         from scipy import stats
     except ImportError:
@@ -248,11 +281,12 @@ def table_text(runs: list[Run], previous=None, margin=0.005, alpha=0.01) -> str:
         out.append("note: runs mix result kinds (ttt / roundtrip / json); check each is final")
     if previous is None:
         return "\n".join(out)
+    reason = untestable(losses)
+    if reason:
+        out.append(f"\nno t-test made: {reason}")
+        return "\n".join(out)
     target = previous - margin
     out.append(f"\none-sided t-test  H1: mean val_loss < {previous} - {margin} = {target:.8f}")
-    if len(runs) < 2:
-        out.append(f"cannot test: the t-test needs >= 2 seeds (have {len(runs)})")
-        return "\n".join(out)
     t, df, p = one_sided_test(losses, previous, margin)
     out.append(f"t = {t:.4f}  df = {df}  p = {p:.6g}")
     if p < alpha:
@@ -421,6 +455,12 @@ def plot_runs(runs: list[Run], out: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RecordsError("plot: matplotlib is not installed (pip install matplotlib)") from None
+    from matplotlib.backend_bases import FigureCanvasBase
+    image_format = Path(out).suffix.lower().removeprefix(".")
+    formats = FigureCanvasBase.get_supported_filetypes()  # savefig finds the backend for each
+    if image_format not in formats:
+        raise RecordsError(f"{out}: the file name must end in an image format matplotlib "
+                           f"writes ({', '.join('.' + f for f in sorted(formats))})")
     for r in runs:
         if not (r.train_curve or r.val_curve):
             raise RecordsError(f"{r.source}: no training curve to plot (plot needs a log)")
@@ -438,7 +478,7 @@ def plot_runs(runs: list[Run], out: str) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(out, format="png", dpi=100)
+    fig.savefig(out, format=image_format, dpi=100)
     plt.close(fig)
 
 
@@ -477,6 +517,7 @@ def build_parser() -> argparse.ArgumentParser:
     with_metadata(p)
     p.add_argument("-o", "--output", required=True, metavar="FILE",
                    help="Write the submission.json to this file.")
+    p.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
     p = with_runs("folder", "Assemble a challenge record folder from the runs' logs.")
     with_metadata(p)
     p.add_argument("--out", required=True, metavar="FOLDER", help="Create the record folder here.")
@@ -494,7 +535,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "artifacts are replaced, and its other files are kept.")
     p = with_runs("plot", "Plot the loss curves against steps and wall-clock time.")
     p.add_argument("-o", "--output", required=True, metavar="FILE",
-                   help="Write the image to this file.")
+                   help="Write the image to this file; its extension names the format "
+                        "(.png, .pdf, .svg or another that matplotlib writes).")
     p = command("settings", "Print a run's settings as shell exports, to re-score its artifact.")
     p.add_argument("log", type=Path, help="Read the settings from this train_gpt.py log.")
     return parser
@@ -509,12 +551,20 @@ def main(argv=None) -> int:
         if args.command == "settings":
             print(settings_exports(args.log))
             return 0
+        if args.command == "table":
+            check_test_options(args.previous_val_loss, args.margin, args.alpha)
         runs = load_runs(args.runs)
         _warn_size(runs)
         if args.command == "table":
+            reason = untestable([r.val_loss for r in runs])
+            if args.previous_val_loss is not None and reason:
+                print(f"warning: no t-test made: {reason}", file=sys.stderr)
             print(table_text(runs, args.previous_val_loss, args.margin, args.alpha))
         elif args.command == "submission":
-            _write_json(Path(args.output), combined_submission(runs, args))
+            output = Path(args.output)
+            if output.exists() and not args.force:
+                raise RecordsError(f"{output}: exists; pass --force to replace it")
+            _write_json(output, combined_submission(runs, args))
             print(f"wrote {args.output} ({len(runs)} seeds)")
         elif args.command == "folder":
             print(f"wrote record folder {build_folder(runs, args)}")
