@@ -2,6 +2,7 @@
 import argparse
 import json
 import math
+import re
 import statistics
 import subprocess
 import sys
@@ -321,10 +322,33 @@ def test_submission_replaces_an_existing_file_only_with_force(tmp_path):
     assert json.loads(out.read_text())["val_loss"] == pytest.approx(1.905)
 
 
-def small_runs(folder, losses):
-    """Logs whose artifacts are small enough to write: bytes_model is 70,000 - 61,234 + i."""
+SCRIPT = """\
+class Hyperparameters:
+    data_path: str = "./data/datasets/fineweb10B_sp1024"
+    seed: int = setting(1337, within(0, 2**32 - 1))
+    num_layers: int = setting(8, COUNT)
+    iterations: int = 20000
+    ttt_enabled: bool = True
+    max_wallclock_seconds: float = setting(600.0, AT_LEAST_0)
+    warmdown_shape: str = setting("cosine", LINEAR_OR_COSINE)
+    run_note: str = ""
+"""
+
+
+def small_runs(folder, losses, num_layers=(8, 8)):
+    """Logs whose artifacts are small enough to write: bytes_model is 70,000 - 61,234 + i.
+    Each logs its settings as train_gpt.py does; only num_layers may differ from SCRIPT's
+    defaults, and run_id, data_path and seed always do."""
     folder.mkdir(exist_ok=True)
-    return write_runs(folder, losses, bytes_total=70_000)
+    paths = write_runs(folder, losses, bytes_total=70_000)
+    for i, path in enumerate(paths):
+        settings = {"data_path": "/mnt/data/sp1024", "seed": 1000 + i, "run_id": f"r{i}",
+                    "num_layers": num_layers[i], "iterations": 20000, "ttt_enabled": True,
+                    "max_wallclock_seconds": 600.0, "warmdown_shape": "cosine",
+                    "run_note": "a b"}
+        with open(path, "a") as f:
+            f.write(f"hyperparameters: {json.dumps(settings)}\n")
+    return paths
 
 
 def write_artifact(path, run_index, size=None):
@@ -334,34 +358,122 @@ def write_artifact(path, run_index, size=None):
 
 def make_script(tmp_path):
     script = tmp_path / "my_script.py"
-    script.write_text("print('hello')\n")
+    script.write_text(SCRIPT)
     (tmp_path / "requirements.txt").write_text("numpy\n")
     return script
 
 
-def test_folder_assembly(tmp_path):
+def bash_blocks(readme):
+    return re.findall(r"```bash\n(.*?)```", readme, flags=re.S)
+
+
+def follow_readme(folder, tmp_path, block):
+    """Run a README's shell block inside the record folder as a reviewer would, with stand-ins
+    for pip and torchrun that insist on their files being there; returns torchrun's calls."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls.txt"
+    calls.unlink(missing_ok=True)
+    (bin_dir / "pip").write_text('#!/bin/sh\ntest "$1 $2" = "install -r" && test -f "$3"\n')
+    (bin_dir / "torchrun").write_text(
+        '#!/bin/sh\ntest -f "$3" || exit 9\ntest -z "$ARTIFACT" || test -f "$ARTIFACT" || exit 8\n'
+        f'echo "$* SEED=$SEED NUM_LAYERS=$NUM_LAYERS EVAL_ONLY=$EVAL_ONLY ARTIFACT=$ARTIFACT" >> {calls}\n')
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NUM_LAYERS": "", "SEED": ""}
+    result = subprocess.run(["bash", "-euc", block], cwd=folder, env=env, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    return calls.read_text().splitlines()
+
+
+TORCHRUN = "--standalone --nproc_per_node=8 train_gpt.py"
+
+
+def test_folder_assembly_copies_no_artifacts(tmp_path):
+    runs_dir = tmp_path / "runs"
+    paths = small_runs(runs_dir, [1.90, 1.91], num_layers=(6, 6))  # no artifact anywhere
+    script = make_script(tmp_path)
+    out = tmp_path / "record"
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", script)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md", "requirements.txt", "submission.json", "train_gpt.py", "train_seed1000.log",
+        "train_seed1001.log"]
+    assert (out / "train_gpt.py").read_text() == script.read_text()
+    assert (out / "train_seed1001.log").read_text() == Path(paths[1]).read_text()
+    sub = json.loads((out / "submission.json").read_text())
+    assert sub["bytes_code"] == len(SCRIPT)
+    assert "bytes_code" in result.stderr  # logs say 61234 bytes, the script is smaller
+    # the finished folder reads back as its runs (requirements.txt is not a log)
+    assert [r.seed for r in records.load_runs([str(out)])] == [1000, 1001]
+
+    readme = (out / "README.md").read_text()
+    assert "| 1000 |" in readme and "records.py" not in readme and ".ptz" not in readme
+    [block] = bash_blocks(readme)
+    # only the setting that differs from the script's defaults; seed, paths and run_id not
+    assert block.splitlines() == ["pip install -r requirements.txt", "export NUM_LAYERS=6",
+                                  f"SEED=1000 torchrun {TORCHRUN}", f"SEED=1001 torchrun {TORCHRUN}"]
+    assert follow_readme(out, tmp_path, block) == [
+        f"{TORCHRUN} SEED={seed} NUM_LAYERS=6 EVAL_ONLY= ARTIFACT=" for seed in (1000, 1001)]
+
+
+def test_folder_readme_keeps_each_seeds_own_settings(tmp_path):
+    paths = small_runs(tmp_path / "runs", [1.90, 1.91], num_layers=(6, 8))
+    out = tmp_path / "record"
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", make_script(tmp_path))
+    assert result.returncode == 0, result.stderr
+    [block] = bash_blocks((out / "README.md").read_text())
+    assert "(" in block.splitlines()  # each group of settings in its own subshell
+    assert follow_readme(out, tmp_path, block) == [
+        f"{TORCHRUN} SEED=1000 NUM_LAYERS=6 EVAL_ONLY= ARTIFACT=",
+        f"{TORCHRUN} SEED=1001 NUM_LAYERS= EVAL_ONLY= ARTIFACT="]
+
+
+def test_folder_with_artifacts(tmp_path):
     runs_dir = tmp_path / "runs"
     paths = small_runs(runs_dir, [1.90, 1.91])
     # the two places looked at beside a log: final_model_seed<SEED>.int8.ptz and <log name>.int8.ptz
     first = write_artifact(runs_dir / "final_model_seed1000.int8.ptz", 0)
     second = write_artifact(runs_dir / "run1.int8.ptz", 1)
     script = make_script(tmp_path)
+    (tmp_path / "requirements.txt").unlink()
     out = tmp_path / "record"
-    result = run_cli("folder", *paths, *META, "--out", out, "--script", script)
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", script, "--with-artifacts")
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "final_model_seed1000.int8.ptz", "final_model_seed1001.int8.ptz",
-        "requirements.txt", "submission.json", "train_gpt.py", "train_seed1000.log", "train_seed1001.log"]
-    assert (out / "train_gpt.py").read_text() == script.read_text()
-    assert (out / "train_seed1001.log").read_text() == Path(paths[1]).read_text()
+    assert "the folder has no requirements.txt" in result.stderr
     assert (out / "final_model_seed1000.int8.ptz").read_bytes() == first.read_bytes()
     assert (out / "final_model_seed1001.int8.ptz").read_bytes() == second.read_bytes()
-    assert json.loads((out / "submission.json").read_text())["bytes_code"] == 15
     readme = (out / "README.md").read_text()
-    assert "| 1000 |" in readme and "ARTIFACT=final_model_seed1000.int8.ptz" in readme
-    assert "bytes_code" in result.stderr  # logs say 61234 bytes, script is 15
-    # the finished folder reads back as its runs (requirements.txt is not a log)
-    assert [r.seed for r in records.load_runs([str(out)])] == [1000, 1001]
+    assert "`final_model_seed1000.int8.ptz`, `final_model_seed1001.int8.ptz`" in readme
+    retrain, rescore = bash_blocks(readme)
+    assert "The runs used train_gpt.py's default settings." in readme
+    assert "requirements" not in readme
+    assert follow_readme(out, tmp_path, retrain) == [
+        f"{TORCHRUN} SEED={seed} NUM_LAYERS= EVAL_ONLY= ARTIFACT=" for seed in (1000, 1001)]
+    assert follow_readme(out, tmp_path, rescore) == [
+        f"{TORCHRUN} SEED= NUM_LAYERS= EVAL_ONLY=1 ARTIFACT=final_model_seed{seed}.int8.ptz"
+        for seed in (1000, 1001)]
+
+
+def test_folder_readme_needs_the_logged_settings(tmp_path):
+    paths = write_runs(tmp_path, [1.90])  # a log without a 'hyperparameters:' line
+    out = tmp_path / "record"
+    args = ["folder", *paths, *META, "--out", out, "--script", make_script(tmp_path)]
+    result = run_cli(*args)
+    assert result.returncode == 2 and not out.exists()
+    assert result.stderr.splitlines() == [
+        f"error: {paths[0]}: no 'hyperparameters: {{...}}' line (is it a train_gpt.py log?)"]
+    (tmp_path / "mine.md").write_text("# mine\n")
+    assert run_cli(*args, "--readme", tmp_path / "mine.md").returncode == 0  # not needed then
+    assert (out / "README.md").read_text() == "# mine\n"
+
+
+def test_script_defaults_of_the_real_script():
+    defaults = records.script_defaults(ROOT / "train_gpt.py")
+    assert defaults["num_layers"] == 8 and defaults["ttt_enabled"] == 1
+    assert defaults["data_path"] == "./data/datasets/fineweb10B_sp1024"
+    assert records.script_defaults(RECORDS) is None  # no Hyperparameters class
 
 
 def test_folder_artifact_given_by_option(tmp_path):
@@ -370,7 +482,7 @@ def test_folder_artifact_given_by_option(tmp_path):
     elsewhere = write_artifact(tmp_path / "kept" / "model.ptz", 0)
     out = tmp_path / "record"
     result = run_cli("folder", *paths, *META, "--out", out, "--script", make_script(tmp_path),
-                     "--artifact", f"1000={elsewhere}")
+                     "--artifact", f"1000={elsewhere}")  # implies --with-artifacts
     assert result.returncode == 0, result.stderr
     assert (out / "final_model_seed1000.int8.ptz").read_bytes() == elsewhere.read_bytes()
 
@@ -385,14 +497,15 @@ def test_folder_artifact_problems_stop_before_writing(tmp_path, case, expected):
     runs_dir = tmp_path / "runs"
     paths = small_runs(runs_dir, [1.90, 1.91])
     write_artifact(runs_dir / "final_model_seed1000.int8.ptz", 0)
-    extra = []
+    extra = ["--with-artifacts"]
     if case == "wrong_size":  # e.g. the artifact of another run, left beside this log
         write_artifact(runs_dir / "final_model_seed1001.int8.ptz", 1, size=9000)
     elif case != "missing":
         write_artifact(runs_dir / "final_model_seed1001.int8.ptz", 1)
         extra = ["--artifact", "1000" if case == "bad_option" else f"5={runs_dir / 'x'}"]
     out = tmp_path / "record"
-    result = run_cli("folder", *paths, *META, "--out", out, "--script", make_script(tmp_path), *extra)
+    result = run_cli("folder", *paths, *META, "--out", out, "--script", make_script(tmp_path),
+                     *extra)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
@@ -402,8 +515,6 @@ def test_folder_artifact_problems_stop_before_writing(tmp_path, case, expected):
 def test_folder_refuses_an_existing_folder_without_force(tmp_path):
     runs_dir = tmp_path / "runs"
     paths = small_runs(runs_dir, [1.90, 1.91])
-    for i in range(2):
-        write_artifact(runs_dir / f"final_model_seed{1000 + i}.int8.ptz", i)
     out = tmp_path / "record"
     out.mkdir()
     (out / "notes.md").write_text("mine")
@@ -414,7 +525,8 @@ def test_folder_refuses_an_existing_folder_without_force(tmp_path):
     result = run_cli(*args)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"error: {out}: folder exists and is not empty; pass --force to replace the files this command writes"]
+        f"error: {out}: folder exists and is not empty; pass --force to replace the files this "
+        "command writes"]
     assert sorted(p.name for p in out.iterdir()) == ["final_model_seed999.int8.ptz", "notes.md",
                                                      "train_seed999.log"]  # untouched
 

@@ -13,6 +13,7 @@ Bad input gives one line `error: <what>` on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import math
@@ -383,13 +384,20 @@ def build_folder(runs: list[Run], args) -> Path:
     unknown = sorted(set(given) - {r.seed for r in runs})
     if unknown:
         raise RecordsError(f"--artifact {unknown[0]}=...: no run has seed {unknown[0]}")
-    artifacts = {r.seed: find_artifact(r, given) for r in runs}
+    # Challenge record folders hold no artifacts: they are copied only when asked for.
+    artifacts = {}
+    if args.with_artifacts or given:
+        artifacts = {r.seed: find_artifact(r, given) for r in runs}
     code_bytes = script.stat().st_size
+    sub = combined_submission(runs, args, bytes_code=code_bytes)
+    readme = None if args.readme else generated_readme(
+        runs, sub, script_defaults(script), bool(artifacts), requirements.is_file())
     for r in runs:  # the logs must come from the script being submitted
         if r.bytes_code is not None and r.bytes_code != code_bytes:
             print(f"warning: {r.source}: logged bytes_code {r.bytes_code} != {script} "
                   f"size {code_bytes}; is this the script that ran?", file=sys.stderr)
-    sub = combined_submission(runs, args, bytes_code=code_bytes)
+    if not requirements.is_file():
+        print(f"warning: no {requirements}; the folder has no requirements.txt", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     # With --force: a seed log or artifact from an earlier assembly would join the
     # folder's seed table (`tools/records.py table FOLDER`), so those go; other files stay.
@@ -399,20 +407,75 @@ def build_folder(runs: list[Run], args) -> Path:
     shutil.copyfile(script, out / "train_gpt.py")
     for r in runs:
         shutil.copyfile(r.source, out / f"train_seed{r.seed}.log")
-        shutil.copyfile(artifacts[r.seed], out / ARTIFACT_NAME.format(seed=r.seed))
+    for seed, artifact in artifacts.items():
+        shutil.copyfile(artifact, out / ARTIFACT_NAME.format(seed=seed))
     _write_json(out / "submission.json", sub)
     if requirements.is_file():
         shutil.copyfile(requirements, out / "requirements.txt")
-    else:
-        print(f"warning: no {requirements}; the folder has no requirements.txt", file=sys.stderr)
-    if args.readme:
+    if readme is None:
         shutil.copyfile(args.readme, out / "README.md")
     else:
-        (out / "README.md").write_text(generated_readme(runs, sub), encoding="utf-8")
+        (out / "README.md").write_text(readme, encoding="utf-8")
     return out
 
 
-def generated_readme(runs: list[Run], sub: dict) -> str:
+TORCHRUN = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
+# Set apart from a run's other settings in its README: the seed on each command line, the
+# data and tokenizer paths by the reviewer's environment.
+PER_COMMAND = {"seed", "data_path", "tokenizer_path"}
+
+
+def script_defaults(script: Path) -> dict | None:
+    """The defaults of a train_gpt.py's Hyperparameters, read from its source without running
+    it: `name: type = value` or `name: type = setting(value, ...)`, where value is a literal.
+    None when the script has no such class."""
+    try:
+        tree = ast.parse(_read_text(script))
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.ClassDef) and node.name == "Hyperparameters"):
+            continue
+        defaults = {}
+        for item in node.body:
+            if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                    and item.value is not None):
+                continue
+            value = item.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "setting":
+                value = value.args[0] if value.args else value
+            try:
+                defaults[item.target.id] = _as_export(ast.literal_eval(value))
+            except (ValueError, TypeError, SyntaxError):
+                pass  # not a literal: the run's value is always listed
+        return defaults
+    return None
+
+
+def retrain_exports(run: Run, defaults: dict | None) -> list[str]:
+    """The exports that give train_gpt.py the settings of a run that differ from its defaults
+    (every logged setting when the defaults are unknown), less PER_COMMAND."""
+    settings = logged_settings(run.source)
+    return export_lines({k: v for k, v in settings.items() if k not in PER_COMMAND
+                         and (defaults is None or k not in defaults or defaults[k] != v)})
+
+
+def retrain_block(runs: list[Run], defaults: dict | None, requirements: bool) -> list[str]:
+    """Shell lines that retrain every seed; runs with other settings each get a subshell."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(tuple(retrain_exports(r, defaults)), []).append(r)
+    lines = ["pip install -r requirements.txt"] if requirements else []
+    for exports, members in groups.items():
+        body = list(exports) + [f"SEED={r.seed} {TORCHRUN}" for r in members]
+        lines += body if len(groups) == 1 else ["("] + ["  " + b for b in body] + [")"]
+    return lines
+
+
+def generated_readme(runs: list[Run], sub: dict, defaults: dict | None, artifacts: bool,
+                     requirements: bool) -> str:
+    """A record folder's README: the scores, its files, and how to reproduce them from the
+    folder alone."""
     lines = [f"# {sub['name']}", "", f"By {sub['author']} (@{sub['github_id']}), {sub['date']}.",
              "", sub["blurb"], "",
              "| seed | val_loss | val_bpb | bytes_total | steps | train s | eval s |",
@@ -422,12 +485,36 @@ def generated_readme(runs: list[Run], sub: dict) -> str:
                      f"| {r.steps} | {r.train_time_s:.1f} | {r.eval_time_s:.1f} |")
     spread = (f" ± {statistics.stdev(r.val_bpb for r in runs):.8f} (sample sd)"
               if len(runs) > 1 else "")
+
+    def names(pattern):
+        return ", ".join(f"`{pattern.format(seed=r.seed)}`" for r in runs)
+
     lines += ["", f"Mean val_bpb {sub['val_bpb']:.8f}{spread}, mean val_loss "
-              f"{sub['val_loss']:.8f}, largest artifact {sub['bytes_total']} bytes.", "",
-              "Re-score a seed's artifact from this folder, with the data in place:", "", "```bash",
-              f"eval \"$(python3 records.py settings train_seed{runs[0].seed}.log)\"",
-              f"EVAL_ONLY=1 ARTIFACT={ARTIFACT_NAME.format(seed=runs[0].seed)} "
-              "torchrun --standalone --nproc_per_node=8 train_gpt.py", "```", ""]
+              f"{sub['val_loss']:.8f}; the largest bytes_total (script and compressed model) is "
+              f"{sub['bytes_total']}.", "", "## Files", "",
+              "- `train_gpt.py`: the training script.",
+              f"- {names('train_seed{seed}.log')}: each seed's training log.",
+              "- `submission.json`: the mean scores and each seed's results."]
+    if requirements:
+        lines.append("- `requirements.txt`: the Python packages the script needs.")
+    if artifacts:
+        lines.append(f"- {names(ARTIFACT_NAME)}: each seed's compressed model.")
+    exports = any(retrain_exports(r, defaults) for r in runs)
+    which = ("The exports are every setting the runs logged." if defaults is None else
+             "The exports are the runs' settings that differ from train_gpt.py's defaults."
+             if exports else "The runs used train_gpt.py's default settings.")
+    lines += ["", "## Reproduce", "",
+              "Retrain each seed on 8 GPUs from this folder. train_gpt.py reads the data from "
+              "`DATA_PATH` and the tokenizer from `TOKENIZER_PATH`; set them where the data is "
+              f"not at its defaults. {which}", "",
+              "```bash", *retrain_block(runs, defaults, requirements), "```", ""]
+    if artifacts:
+        lines += ["Re-score a seed's artifact without training (an artifact carries every "
+                  "setting its score depends on; only `DATA_PATH` and `TOKENIZER_PATH` come from "
+                  "the environment):", "", "```bash"]
+        lines += [f"EVAL_ONLY=1 ARTIFACT={ARTIFACT_NAME.format(seed=r.seed)} {TORCHRUN}"
+                  for r in runs]
+        lines += ["```", ""]
     return "\n".join(lines)
 
 
@@ -435,17 +522,31 @@ def generated_readme(runs: list[Run], sub: dict) -> str:
 NOT_REPLAYED = {"run_id", "run_note", "eval_only", "artifact"}
 
 
-def settings_exports(path: Path) -> str:
-    """`export NAME=value` lines that give train_gpt.py the settings a logged run used."""
+def _as_export(value):
+    """A setting as train_gpt.py reads it from the environment: booleans as 0 and 1."""
+    return int(value) if isinstance(value, bool) else value
+
+
+def logged_settings(path: Path) -> dict:
+    """The settings a train_gpt.py run logged in its 'hyperparameters: {...}' line, less
+    NOT_REPLAYED."""
     for line in _read_text(path).splitlines():
         if line.startswith("hyperparameters: {"):
             try:
                 settings = json.loads(line.removeprefix("hyperparameters: "))
             except json.JSONDecodeError:
                 break
-            values = {k: int(v) if isinstance(v, bool) else v for k, v in settings.items() if k not in NOT_REPLAYED}
-            return "\n".join(f"export {k.upper()}={shlex.quote(str(v))}" for k, v in values.items())
+            return {k: _as_export(v) for k, v in settings.items() if k not in NOT_REPLAYED}
     raise RecordsError(f"{path}: no 'hyperparameters: {{...}}' line (is it a train_gpt.py log?)")
+
+
+def export_lines(settings: dict) -> list[str]:
+    return [f"export {k.upper()}={shlex.quote(str(v))}" for k, v in settings.items()]
+
+
+def settings_exports(path: Path) -> str:
+    """`export NAME=value` lines that give train_gpt.py the settings a logged run used."""
+    return "\n".join(export_lines(logged_settings(path)))
 
 
 def plot_runs(runs: list[Run], out: str) -> None:
@@ -526,10 +627,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--readme", help="Copy this README.md instead of generating one.")
     p.add_argument("--requirements",
                    help="Copy this requirements.txt (default: the one beside the script).")
+    p.add_argument("--with-artifacts", action="store_true",
+                   help="Copy each seed's compressed model into the folder as "
+                        "final_model_seed<SEED>.int8.ptz, found beside its log as "
+                        "final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz (challenge "
+                        "record folders hold none, so by default none is copied).")
     p.add_argument("--artifact", action="append", metavar="SEED=PATH",
-                   help="Take seed SEED's final_model.int8.ptz from PATH; give it once per seed "
-                        "(default: final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz "
-                        "beside its log).")
+                   help="Take seed SEED's compressed model from PATH; it can be given once per "
+                        "seed and implies --with-artifacts.")
     p.add_argument("--force", action="store_true",
                    help="Write into an existing, non-empty folder: its per-seed logs and "
                         "artifacts are replaced, and its other files are kept.")
