@@ -56,7 +56,8 @@ def make_log(seed=1337, val_loss=1.93654321, val_bpb=1.14701234, ttt=True,
 def make_eval_only_log(seed=1000, artifact="final_model.int8.ptz"):
     """What an EVAL_ONLY=1 re-score logs: no training progress, then the usual final lines."""
     return "\n".join([
-        SOURCE_NOISE.rstrip("\n"), f"seed:{seed}", "kernels: scan:reference conv:reference attn:reference",
+        SOURCE_NOISE.rstrip("\n"), f"seed:{seed}",
+        "kernels: scan:reference conv:reference attn:reference",
         f"eval_only: scoring {artifact}",
         "artifact bytes_code:61234 bytes_model:15000000 bytes_total:15061234",
         "final_int8_zstd_roundtrip_exact val_loss:1.95123456 val_bpb:1.15612345 eval_time:41234ms",
@@ -135,7 +136,8 @@ def test_duplicate_seed_is_refused(tmp_path):
 
 def test_diverged_run_is_refused(tmp_path):
     p = tmp_path / "train.log"
-    p.write_text(make_log().replace("legal_ttt_exact val_loss:1.93654321", "legal_ttt_exact val_loss:nan"))
+    p.write_text(make_log().replace("legal_ttt_exact val_loss:1.93654321",
+                                    "legal_ttt_exact val_loss:nan"))
     with pytest.raises(records.RecordsError, match="not finite"):
         records.load_runs([str(p)])
 
@@ -188,7 +190,8 @@ def test_t_test_df1_is_cauchy():
 
 
 def test_t_test_critical_value_from_the_table():
-    # t(0.99, df=4) = 3.746947: a mean exactly that many standard errors below the target gives p = 0.01
+    # t(0.99, df=4) = 3.746947: a mean exactly that many standard errors below the target
+    # gives p = 0.01
     losses = [1.90, 1.91, 1.92, 1.93, 1.94]  # mean 1.92, sample sd 0.0158114, se 0.00707107
     target = 1.92 + 3.746947 * statistics.stdev(losses) / math.sqrt(5)
     t, df, p = records.one_sided_test(losses, previous=target + 0.005, margin=0.005)
@@ -234,20 +237,19 @@ def test_table_makes_no_test_on_a_degenerate_sample(tmp_path, losses, reason):
     assert run_cli("table", *write_runs(tmp_path, losses)).stderr == ""  # no test asked for
 
 
-@pytest.mark.parametrize("option, value, expected", [
-    ("--previous-val-loss", "nan", "expected a finite val_loss > 0"),
-    ("--previous-val-loss", "inf", "expected a finite val_loss > 0"),
-    ("--previous-val-loss", "-inf", "expected a finite val_loss > 0"),
-    ("--previous-val-loss", "0", "expected a finite val_loss > 0"),
-    ("--alpha", "2", "expected a significance level between 0 and 1, both excluded"),
-    ("--alpha", "1", "expected a significance level between 0 and 1, both excluded"),
-    ("--alpha", "0", "expected a significance level between 0 and 1, both excluded"),
-    ("--alpha", "nan", "expected a significance level between 0 and 1, both excluded"),
-    ("--margin", "-1", "expected a finite number of nats >= 0"),
-    ("--margin", "inf", "expected a finite number of nats >= 0"),
-    ("--margin", "nan", "expected a finite number of nats >= 0"),
-])
-def test_table_refuses_meaningless_test_options(tmp_path, option, value, expected):
+# option -> (values refused, what the error says is expected)
+REFUSED_TEST_OPTIONS = {
+    "--previous-val-loss": (["nan", "inf", "-inf", "0"], "expected a finite val_loss > 0"),
+    "--alpha": (["2", "1", "0", "nan"],
+                "expected a significance level between 0 and 1, both excluded"),
+    "--margin": (["-1", "inf", "nan"], "expected a finite number of nats >= 0"),
+}
+
+
+@pytest.mark.parametrize("option, value", [(option, value) for option, (values, _)
+                                           in REFUSED_TEST_OPTIONS.items() for value in values])
+def test_table_refuses_meaningless_test_options(tmp_path, option, value):
+    expected = REFUSED_TEST_OPTIONS[option][1]
     paths = write_runs(tmp_path, [1.90, 1.91, 1.92])
     extra = [] if option == "--previous-val-loss" else ["--previous-val-loss", "1.93"]
     result = run_cli("table", *paths, *extra, f"{option}={value}")  # = lets "-inf" be a value
@@ -277,7 +279,8 @@ def test_a_whole_float_count_in_a_run_json_is_taken_as_an_integer(tmp_path):
     p.write_text(json.dumps({"seed": 1.0, "val_loss": 1.9, "val_bpb": 1.1, "bytes_total": 1.5e7}))
     result = run_cli("table", p)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[1].split()[:4] == ["1", "1.90000000", "1.10000000", "15000000"]
+    row = result.stdout.splitlines()[1].split()
+    assert row[:4] == ["1", "1.90000000", "1.10000000", "15000000"]
 
 
 def test_a_negative_loss_in_a_log_is_refused(tmp_path):
@@ -377,7 +380,8 @@ def follow_readme(folder, tmp_path, block):
     (bin_dir / "pip").write_text('#!/bin/sh\ntest "$1 $2" = "install -r" && test -f "$3"\n')
     (bin_dir / "torchrun").write_text(
         '#!/bin/sh\ntest -f "$3" || exit 9\ntest -z "$ARTIFACT" || test -f "$ARTIFACT" || exit 8\n'
-        f'echo "$* SEED=$SEED NUM_LAYERS=$NUM_LAYERS EVAL_ONLY=$EVAL_ONLY ARTIFACT=$ARTIFACT" >> {calls}\n')
+        'echo "$* SEED=$SEED NUM_LAYERS=$NUM_LAYERS EVAL_ONLY=$EVAL_ONLY ARTIFACT=$ARTIFACT"'
+        f' >> {calls}\n')
     for tool in bin_dir.iterdir():
         tool.chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "NUM_LAYERS": "", "SEED": ""}
@@ -413,7 +417,8 @@ def test_folder_assembly_copies_no_artifacts(tmp_path):
     [block] = bash_blocks(readme)
     # only the setting that differs from the script's defaults; seed, paths and run_id not
     assert block.splitlines() == ["pip install -r requirements.txt", "export NUM_LAYERS=6",
-                                  f"SEED=1000 torchrun {TORCHRUN}", f"SEED=1001 torchrun {TORCHRUN}"]
+                                  f"SEED=1000 torchrun {TORCHRUN}",
+                                  f"SEED=1001 torchrun {TORCHRUN}"]
     assert follow_readme(out, tmp_path, block) == [
         f"{TORCHRUN} SEED={seed} NUM_LAYERS=6 EVAL_ONLY= ARTIFACT=" for seed in (1000, 1001)]
 
@@ -538,7 +543,8 @@ def test_folder_refuses_an_existing_folder_without_force(tmp_path):
     assert [r.seed for r in records.load_runs([str(out)])] == [1000, 1001]
 
 
-@pytest.mark.parametrize("date", ["2025-13-01", "2025-02-30", "25-01-02", "2025/01/02", "2025-1-2", "today"])
+@pytest.mark.parametrize("date", ["2025-13-01", "2025-02-30", "25-01-02", "2025/01/02",
+                                  "2025-1-2", "today"])
 def test_bad_date_is_refused(tmp_path, date):
     paths = write_runs(tmp_path, [1.90])
     meta = [a if a != "2025-01-02" else date for a in META]
@@ -570,7 +576,8 @@ def test_table_leaves_out_an_eval_only_log(tmp_path):
     (only / "rescore.txt").write_text(make_eval_only_log())
     result = run_cli("table", only)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1] == f"error: {only}: no training run among the given logs"
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {only}: no training run among the given logs")
 
 
 # --- plot --------------------------------------------------------------------------
@@ -607,22 +614,25 @@ def test_plot_refuses_a_file_name_without_an_image_format(tmp_path, name):
 
 
 def test_log_cut_during_ttt_is_truncated(tmp_path):
-    text = make_log(ttt=False) + "ttt: 119 chunks of 524288 tokens, score first, then adapt\n"  # killed in TTT
+    # killed in TTT
+    text = make_log(ttt=False) + "ttt: 119 chunks of 524288 tokens, score first, then adapt\n"
     log = tmp_path / "cut.txt"
     log.write_text(text)
-    result = subprocess.run([sys.executable, str(RECORDS), "table", str(log)], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(RECORDS), "table", str(log)],
+                            capture_output=True, text=True)
     assert result.returncode == 2 and "truncated during TTT" in result.stderr
 
 
 def test_settings_needs_a_hyperparameters_line(tmp_path):
     log = tmp_path / "old.txt"
     log.write_text(make_log())
-    result = subprocess.run([sys.executable, str(RECORDS), "settings", str(log)], capture_output=True, text=True)
+    result = run_cli("settings", log)
     assert result.returncode == 2 and "no 'hyperparameters:" in result.stderr
-    log.write_text(make_log() + 'hyperparameters: {"num_layers": 8, "run_note": "a b", "use_smeargate": true, '
-                   '"data_path": "/data/my folder"}\n')
-    result = subprocess.run([sys.executable, str(RECORDS), "settings", str(log)], capture_output=True, text=True)
-    assert result.stdout.splitlines() == ["export NUM_LAYERS=8", "export USE_SMEARGATE=1", "export DATA_PATH='/data/my folder'"]
+    log.write_text(make_log() + 'hyperparameters: {"num_layers": 8, "run_note": "a b", '
+                   '"use_smeargate": true, "data_path": "/data/my folder"}\n')
+    result = run_cli("settings", log)
+    assert result.stdout.splitlines() == [
+        "export NUM_LAYERS=8", "export USE_SMEARGATE=1", "export DATA_PATH='/data/my folder'"]
 
 
 # --- the command line itself ------------------------------------------------------

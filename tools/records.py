@@ -81,7 +81,8 @@ LINE_PATTERNS = {
                  rf"val_bpb:{_num('bpb')} eval_time:{_int('eval_ms')}ms",
     "ttt": rf"legal_ttt_exact val_loss:{_num('loss')} val_bpb:{_num('bpb')} "
            rf"eval_time:{_int('eval_ms')}ms",
-    "ttt_start": rf"ttt: {_int('chunks')} chunks of {_int('chunk_tokens')} tokens, score first, then adapt",
+    "ttt_start": rf"ttt: {_int('chunks')} chunks of {_int('chunk_tokens')} tokens, "
+                 r"score first, then adapt",
     "eval_only": r"eval_only: scoring (?P<artifact>.+)",
 }
 LINE_PATTERNS = {kind: re.compile(p) for kind, p in LINE_PATTERNS.items()}
@@ -115,7 +116,8 @@ def parse_log(path: Path) -> Run:
             break
 
     if "eval_only" in last:  # no training, so no seed table row: load_runs leaves it out
-        raise EvalOnlyLog(f"{path}: an eval-only run (it re-scored {last['eval_only']['artifact']}), "
+        rescored = last["eval_only"]["artifact"]
+        raise EvalOnlyLog(f"{path}: an eval-only run (it re-scored {rescored}), "
                           "not a training run; left out")
     missing = [what for absent, what in [
         ("ttt" not in last and "roundtrip" not in last, "truncated: no final "
@@ -135,7 +137,8 @@ def parse_log(path: Path) -> Run:
                val_loss=float(last[final]["loss"]), val_bpb=float(last[final]["bpb"]),
                bytes_total=int(art["total"]), bytes_code=int(art["code"]),
                bytes_model=int(art["model"]), steps=steps, train_time_s=train_ms / 1000,
-               eval_time_s=eval_ms / 1000, final=final, train_curve=train_curve, val_curve=val_curve)
+               eval_time_s=eval_ms / 1000, final=final, train_curve=train_curve,
+               val_curve=val_curve)
 
 
 def parse_run_json(path: Path) -> Run:
@@ -319,7 +322,8 @@ def combined_submission(runs: list[Run], args, bytes_code=None) -> dict:
 def check_date(date: str) -> None:
     """--date must be a real calendar day written YYYY-MM-DD."""
     try:
-        valid = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", date)) and bool(datetime.date.fromisoformat(date))
+        valid = (bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", date))
+                 and bool(datetime.date.fromisoformat(date)))
     except ValueError:
         valid = False
     if not valid:
@@ -330,7 +334,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-ARTIFACT_NAME = "final_model_seed{seed}.int8.ptz"  # a seed's artifact, beside its log and in a folder
+ARTIFACT_NAME = "final_model_seed{seed}.int8.ptz"  # a seed's artifact, beside its log, in a folder
 PER_SEED_FILES = ("train_seed*.log", "final_model_seed*.int8.ptz")  # what folder writes per seed
 
 
@@ -356,8 +360,9 @@ def find_artifact(run: Run, given: dict[int, Path]) -> Path:
                       run.source.with_suffix(".int8.ptz")]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
+        looked = " and ".join(map(str, candidates))
         raise RecordsError(f"{run.source}: no artifact for seed {run.seed} (looked for "
-                           f"{' and '.join(map(str, candidates))}; give --artifact {run.seed}=PATH)")
+                           f"{looked}; give --artifact {run.seed}=PATH)")
     size = found.stat().st_size
     if run.bytes_model is not None and size != run.bytes_model:
         raise RecordsError(f"{found}: {size} bytes, but the log of seed {run.seed} reports "
@@ -596,7 +601,8 @@ def build_parser() -> argparse.ArgumentParser:
     def with_runs(name, help_text):
         p = command(name, help_text)
         p.add_argument("runs", nargs="+", metavar="RUN",
-                       help="Each RUN is a training log, a per-run submission.json, or a folder of them.")
+                       help="Each RUN is a training log, a per-run submission.json, "
+                            "or a folder of them.")
         return p
 
     def with_metadata(p):
