@@ -5,7 +5,8 @@
     python3 data/cached_challenge_fineweb.py --variant sp1024 --mirror /shared/parameter-golf
     python3 data/cached_challenge_fineweb.py --variant sp1024 --check
 
-Files land in <out>/datasets/fineweb10B_<variant>/ and <out>/tokenizers/. The hub is reached
+Files land in <out>/datasets/fineweb10B_<variant>/ and <out>/tokenizers/. --mirror and --check
+also take a plain folder of shards, such as the training script's DATA_PATH. The hub is reached
 through huggingface_hub.hf_hub_download, as the challenge's own script of this name does, so
 HF_TOKEN, HF_ENDPOINT, HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE and its other settings apply, and
 so do that script's MATCHED_FINEWEB_REPO_ID and MATCHED_FINEWEB_REMOTE_ROOT_PREFIX.
@@ -366,6 +367,9 @@ class Hub:
         # The hub always publishes a manifest, so a missing one is an error (not found).
         return self.download("manifest.json"), self.url("manifest.json")
 
+    def prepare(self, items: list[Item]) -> list[Item]:
+        return items  # the hub is asked file by file; a missing one is named when reached
+
     def fetch(self, remote: str, dest: Path) -> str | None:
         """Put the file at dest; return the sha256 the hub gives for it, if it gives one."""
         blob = self.download(remote).resolve()
@@ -390,19 +394,28 @@ class Hub:
         return " (and from the HF cache)"
 
 
+def holds_shards(folder: Path) -> bool:
+    """Whether folder directly holds shards, as the training script's DATA_PATH does."""
+    return any(folder.glob("fineweb_train_*.bin")) or any(folder.glob("fineweb_val_*.bin"))
+
+
 class Mirror:
     """A local or shared copy of the export; files are hard-linked when possible."""
 
     def __init__(self, path: Path, copy: bool, root: str = DEFAULT_REMOTE_ROOT):
-        # Either a copy of the hub repository (the export under DIR/<root>/) or a folder
-        # laid out like our output (DIR/datasets/fineweb10B_*, DIR/tokenizers).
+        # A copy of the hub repository (the export under DIR/<root>/), a folder laid out like
+        # our output (DIR/datasets/fineweb10B_*, DIR/tokenizers), or a plain folder of shards
+        # (a DATA_PATH folder), where every file is looked for by its name alone.
         hub_like = path / root.strip("/")
+        self.plain = False
         if (hub_like / "datasets").is_dir() or (hub_like / "manifest.json").is_file():
             self.root = hub_like
         elif (path / "datasets").is_dir():
             self.root = path
+        elif holds_shards(path):
+            self.root, self.plain = path, True
         else:
-            raise DataError(f"mirror {path} has no datasets/ folder")
+            raise DataError(f"mirror {path} has no datasets/ folder and no fineweb_*.bin shards")
         self.copy = copy
 
     def describe(self) -> str:
@@ -412,8 +425,31 @@ class Mirror:
         path = self.root / "manifest.json"
         return (path, str(path)) if path.is_file() else None
 
+    def source(self, remote: str) -> Path:
+        return self.root / (Path(remote).name if self.plain else remote)
+
+    def prepare(self, items: list[Item]) -> list[Item]:
+        """The items to fetch, checked to be all in the mirror before anything is linked or
+        copied. A plain folder of shards may lack the tokenizer: it is then left out, with a
+        warning."""
+        absent = [item for item in items
+                  if not is_complete(item) and not self.source(item.remote).is_file()]
+        if self.plain and any(not item.shard for item in absent):
+            names = ", ".join(Path(item.remote).name for item in absent if not item.shard)
+            print(f"warning: the plain folder of shards {self.root} has no {names}; "
+                  f"the output gets no tokenizer from it", file=sys.stderr)
+            items = [item for item in items if item.shard or item not in absent]
+            absent = [item for item in absent if item.shard]
+        if absent:
+            shown = ", ".join(str(self.source(item.remote).relative_to(self.root))
+                              for item in absent[:3])
+            more = f" and {len(absent) - 3} more" if len(absent) > 3 else ""
+            raise DataError(f"{len(absent)} file(s) not in the mirror {self.root}: {shown}{more}; "
+                            f"nothing was linked or copied")
+        return items
+
     def fetch(self, remote: str, dest: Path) -> None:
-        source = self.root / remote
+        source = self.source(remote)
         if not source.is_file():
             raise DataError(f"not in the mirror: {source}")
         link_or_copy(source, dest, self.copy)
@@ -422,25 +458,30 @@ class Mirror:
         return ""  # the mirror's own file is left alone
 
 
-def load_manifest(source: Hub | Mirror, out: Path, skip: bool) -> dict | None:
-    """The source's manifest, also stored as <out>/manifest.json; with skip, the stored one."""
+def load_manifest(source: Hub | Mirror, out: Path, skip: bool) -> tuple[dict | None, Path | None]:
+    """The source's manifest and its file, to store with store_manifest once the files are
+    known to be there; with skip, the one stored in <out> and no file."""
     stored = out / "manifest.json"
     if skip:
         if stored.is_file():
-            return read_manifest_file(stored, str(stored))
+            return read_manifest_file(stored, str(stored)), None
         print(f"warning: --skip-manifest and no {stored}: using the standard file names",
               file=sys.stderr)
-        return None
+        return None, None
     found = source.manifest_file()
     if found is None:
-        return None
+        return None, None
     path, where = found
-    manifest = read_manifest_file(path, where)
+    return read_manifest_file(path, where), path
+
+
+def store_manifest(path: Path, out: Path) -> None:
+    """Keep the manifest the files were chosen by as <out>/manifest.json."""
     out.mkdir(parents=True, exist_ok=True)
+    stored = out / "manifest.json"
     part = stored.with_name(stored.name + ".part")
     shutil.copyfile(path, part)
     os.replace(part, stored)
-    return manifest
 
 
 # ---------------------------------------------------------------- download
@@ -604,14 +645,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="output root (default: the folder of this script)")
     parser.add_argument("--workers", type=int, default=8, help="parallel downloads (default 8)")
     parser.add_argument("--mirror", type=Path,
-                        help="take the files from this local/shared folder instead of the hub")
+                        help="take the files from this local/shared folder instead of the hub: "
+                             "a copy of the hub repository, a folder laid out like --out, or a "
+                             "plain folder of shards (fineweb_train_*.bin / fineweb_val_*.bin "
+                             "directly in it, like DATA_PATH; the tokenizer is taken from it "
+                             "too if it is there); every file needed is checked to be there "
+                             "before any is linked or copied")
     parser.add_argument("--copy", action="store_true",
                         help="with --mirror: copy even where hard links would work")
     parser.add_argument("--skip-manifest", action="store_true",
                         help="do not fetch manifest.json; use <out>/manifest.json if there, "
                              "else the standard file names")
     parser.add_argument("--check", action="store_true",
-                        help="only validate the shards already under --out")
+                        help="only validate the shards already there: those directly in --out "
+                             "when it holds fineweb_*.bin shards (a DATA_PATH folder), else "
+                             "those in <out>/datasets/fineweb10B_<variant>/")
     return parser.parse_args(argv)
 
 
@@ -632,8 +680,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     vocab_size = VARIANTS[args.variant][0]
 
-    if args.check:
-        return check(args.out / "datasets" / f"fineweb10B_{args.variant}", vocab_size)
+    if args.check:  # --out itself when it holds shards, like a DATA_PATH folder
+        dataset_dir = args.out / "datasets" / f"fineweb10B_{args.variant}"
+        return check(args.out if holds_shards(args.out) else dataset_dir, vocab_size)
 
     remote_root = os.environ.get("MATCHED_FINEWEB_REMOTE_ROOT_PREFIX", DEFAULT_REMOTE_ROOT)
     try:
@@ -641,8 +690,10 @@ def main(argv: list[str] | None = None) -> int:
             source = Mirror(args.mirror, args.copy, remote_root)
         else:
             source = Hub(os.environ.get("MATCHED_FINEWEB_REPO_ID") or DEFAULT_REPO_ID, remote_root)
-        manifest = load_manifest(source, args.out, args.skip_manifest)
-        items = build_plan(manifest, args.variant, train_shards, args.out)
+        manifest, manifest_path = load_manifest(source, args.out, args.skip_manifest)
+        items = source.prepare(build_plan(manifest, args.variant, train_shards, args.out))
+        if manifest_path:
+            store_manifest(manifest_path, args.out)
         counts = download(source, items, vocab_size, args.workers)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)

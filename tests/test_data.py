@@ -138,6 +138,61 @@ def test_mirror_missing_shard_cli(tmp_path):
     assert leftovers(tmp_path / "out") == []
 
 
+def test_mirror_names_every_missing_file_before_linking_any(tmp_path):
+    export = make_export(tmp_path / "mirror", n_train=6)
+    (export / DATASET / "fineweb_val_000000.bin").unlink()
+    out = tmp_path / "out"
+    r = run_cli("--mirror", export, "--out", out, "--train-shards", "9", "--workers", "1")
+    assert r.returncode == 1
+    assert r.stderr.splitlines() == [
+        f"error: 4 file(s) not in the mirror {export}: {DATASET}/fineweb_val_000000.bin, "
+        f"{DATASET}/fineweb_train_000006.bin, {DATASET}/fineweb_train_000007.bin and 1 more; "
+        "nothing was linked or copied"]
+    assert not out.exists()  # not one shard linked, not even the folders made
+
+
+def plain_shards(folder, n_train=2, tokenizer=True):
+    """A folder holding shards directly, like the training script's DATA_PATH."""
+    folder.mkdir(parents=True)
+    (folder / "fineweb_val_000000.bin").write_bytes(shard_bytes(doc_tokens(5, 0)))
+    for i in range(n_train):
+        (folder / f"fineweb_train_{i:06d}.bin").write_bytes(shard_bytes(doc_tokens(7, i + 1)))
+    if tokenizer:
+        (folder / "fineweb_1024_bpe.model").write_bytes(b"not a real sentencepiece model")
+    return folder
+
+
+@pytest.mark.parametrize("tokenizer", [True, False])
+def test_mirror_plain_folder_of_shards(tmp_path, capsys, tokenizer):
+    shards = plain_shards(tmp_path / "fineweb10B_sp1024", tokenizer=tokenizer)
+    out = tmp_path / "out"
+    assert main(["--mirror", shards, "--out", out, "--train-shards", "2"]) == 0
+    names = ["fineweb_val_000000.bin", "fineweb_train_000000.bin", "fineweb_train_000001.bin"]
+    for name in names:
+        assert (out / DATASET / name).stat().st_ino == (shards / name).stat().st_ino  # linked
+    err = capsys.readouterr().err
+    if tokenizer:
+        assert (out / MODEL).read_bytes() == (shards / "fineweb_1024_bpe.model").read_bytes()
+        assert "warning" not in err
+    else:  # a DATA_PATH folder holds no tokenizer: the shards alone, and a warning
+        assert not (out / "tokenizers").exists()
+        assert f"warning: the plain folder of shards {shards} has no fineweb_1024_bpe.model" in err
+    assert main(["--mirror", shards, "--out", tmp_path / "more", "--train-shards", "3"]) == 1
+    assert_one_error(capsys.readouterr().err, "1 file(s) not in the mirror",
+                     "fineweb_train_000002.bin")
+
+
+def test_check_a_plain_folder_of_shards(tmp_path):
+    shards = plain_shards(tmp_path / "data_path", tokenizer=False)
+    r = run_cli("--check", "--out", shards)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"checking {shards} (vocabulary 1024)"
+    assert f"train: 2 shards, {len(doc_tokens(7, 1)) + len(doc_tokens(7, 2)):,} tokens" in r.stdout
+    (shards / "fineweb_train_000001.bin").write_bytes(shard_bytes([1, 2, 3])[:-2])
+    r = run_cli("--check", "--out", shards)
+    assert r.returncode == 1 and "fineweb_train_000001.bin" in r.stderr and "1 bad" in r.stdout
+
+
 def test_mirror_truncated_shard_cli(tmp_path):
     export = make_export(tmp_path / "mirror", n_train=1)
     shard = export / DATASET / "fineweb_train_000000.bin"
@@ -153,7 +208,7 @@ def test_mirror_truncated_shard_cli(tmp_path):
 def test_mirror_that_is_not_an_export(tmp_path):
     r = run_cli("--mirror", tmp_path, "--out", tmp_path / "out")
     assert r.returncode == 1
-    assert_one_error(r.stderr, "has no datasets/ folder")
+    assert_one_error(r.stderr, "has no datasets/ folder and no fineweb_*.bin shards")
 
 
 # ---------------------------------------------------------------- a local stand-in for the hub

@@ -62,7 +62,7 @@ def test_training_lowers_the_loss(tiny_run):
 def test_eval_only_reproduces_the_run(tiny_run, dataset, tokenizer_path):
     """As a reviewer would: the settings from the run's log (records.py settings), then EVAL_ONLY=1."""
     cwd, result = tiny_run
-    exports = subprocess.run([sys.executable, str(ROOT / "records.py"), "settings", str(cwd / "logs/tiny.txt")],
+    exports = subprocess.run([sys.executable, str(ROOT / "tools" / "records.py"), "settings", str(cwd / "logs/tiny.txt")],
                              capture_output=True, text=True, check=True).stdout
     settings = dict(line.removeprefix("export ").split("=", 1) for line in exports.splitlines())
     assert settings["NUM_LAYERS"] == "2" and settings["TTT_ENABLED"] == "1" and "RUN_ID" not in settings
@@ -679,12 +679,12 @@ def test_hyperparameters_from_env():
 def test_records_tool_reads_the_real_log(tiny_run, tmp_path):
     cwd, result = tiny_run
     ttt = final_line(result.stdout, "legal_ttt_exact")
-    table = subprocess.run([sys.executable, str(ROOT / "records.py"), "table", str(cwd / "logs/tiny.txt")],
+    table = subprocess.run([sys.executable, str(ROOT / "tools" / "records.py"), "table", str(cwd / "logs/tiny.txt")],
                            capture_output=True, text=True)
     assert table.returncode == 0, table.stderr
     assert ttt["val_bpb"][:8] in table.stdout and "7" in table.stdout  # the run's result and seed
     folder = tmp_path / "record"
-    made = subprocess.run([sys.executable, str(ROOT / "records.py"), "folder", str(cwd / "logs/tiny.txt"), "--out",
+    made = subprocess.run([sys.executable, str(ROOT / "tools" / "records.py"), "folder", str(cwd / "logs/tiny.txt"), "--out",
                            str(folder), "--script", str(ROOT / "train_gpt.py"), "--requirements",
                            str(ROOT / "requirements.txt"), "--name", "tiny", "--author", "ci", "--github-id", "ci",
                            "--blurb", "tiny CPU run", "--artifact", f"7={cwd / 'final_model.int8.ptz'}"],

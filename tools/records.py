@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
-"""Check, compare and package Parameter Golf runs (subcommands: table,
-submission, folder, plot; see `python records.py -h`). A RUN is a training log
-(*.txt, *.log), a per-run submission.json, or a directory holding them.
-Bad input gives one line `error: <file>: <what>` on stderr and exit code 2.
+"""Check, compare and package Parameter Golf runs.
+
+Commands: `table` prints each seed's results with their mean and sample standard deviation
+and, given the val_loss of the record to beat, a one-sided t-test; `submission` writes the
+combined submission.json; `folder` assembles a challenge record folder; `plot` draws the loss
+curves; `settings` prints a run's settings as shell exports. It runs from any folder, and
+`python3 tools/records.py COMMAND -h` lists a command's options.
+
+A RUN is a training log (*.txt, *.log), a per-run submission.json, or a folder holding them.
+Bad input gives one line `error: <what>` on stderr and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import math
@@ -20,6 +27,7 @@ from pathlib import Path
 
 SIZE_LIMIT = 16_000_000  # challenge cap on script bytes + compressed model bytes
 SEED_KEYS = ("seed", "val_loss", "val_bpb", "bytes_total", "steps", "train_time_s", "eval_time_s")
+WHOLE_KEYS = ("seed", "bytes_total", "bytes_code", "bytes_model", "steps")  # counts, not measures
 
 
 class RecordsError(Exception):
@@ -73,7 +81,8 @@ LINE_PATTERNS = {
                  rf"val_bpb:{_num('bpb')} eval_time:{_int('eval_ms')}ms",
     "ttt": rf"legal_ttt_exact val_loss:{_num('loss')} val_bpb:{_num('bpb')} "
            rf"eval_time:{_int('eval_ms')}ms",
-    "ttt_start": rf"ttt: {_int('chunks')} chunks of {_int('chunk_tokens')} tokens, score first, then adapt",
+    "ttt_start": rf"ttt: {_int('chunks')} chunks of {_int('chunk_tokens')} tokens, "
+                 r"score first, then adapt",
     "eval_only": r"eval_only: scoring (?P<artifact>.+)",
 }
 LINE_PATTERNS = {kind: re.compile(p) for kind, p in LINE_PATTERNS.items()}
@@ -107,7 +116,8 @@ def parse_log(path: Path) -> Run:
             break
 
     if "eval_only" in last:  # no training, so no seed table row: load_runs leaves it out
-        raise EvalOnlyLog(f"{path}: an eval-only run (it re-scored {last['eval_only']['artifact']}), "
+        rescored = last["eval_only"]["artifact"]
+        raise EvalOnlyLog(f"{path}: an eval-only run (it re-scored {rescored}), "
                           "not a training run; left out")
     missing = [what for absent, what in [
         ("ttt" not in last and "roundtrip" not in last, "truncated: no final "
@@ -127,7 +137,8 @@ def parse_log(path: Path) -> Run:
                val_loss=float(last[final]["loss"]), val_bpb=float(last[final]["bpb"]),
                bytes_total=int(art["total"]), bytes_code=int(art["code"]),
                bytes_model=int(art["model"]), steps=steps, train_time_s=train_ms / 1000,
-               eval_time_s=eval_ms / 1000, final=final, train_curve=train_curve, val_curve=val_curve)
+               eval_time_s=eval_ms / 1000, final=final, train_curve=train_curve,
+               val_curve=val_curve)
 
 
 def parse_run_json(path: Path) -> Run:
@@ -145,8 +156,16 @@ def parse_run_json(path: Path) -> Run:
         raise RecordsError(f"{path}: missing key(s) {', '.join(missing)}")
     fields = {k: data.get(k) for k in SEED_KEYS + ("bytes_code", "bytes_model")}
     for key, value in fields.items():
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
-            raise RecordsError(f"{path}: key {key} is not a number ({value!r})")
+        if value is None:
+            continue
+        # NaN, Infinity, a negative count or time: the table and the submission would carry it
+        if (isinstance(value, bool) or not isinstance(value, (int, float))
+                or not math.isfinite(value) or value < 0):
+            raise RecordsError(f"{path}: key {key} is not a finite number >= 0 ({value!r})")
+        if key in WHOLE_KEYS:
+            if value != int(value):
+                raise RecordsError(f"{path}: key {key} is not a whole number ({value!r})")
+            fields[key] = int(value)
     return Run(source=path, **fields)
 
 
@@ -180,6 +199,8 @@ def load_runs(paths: list[str]) -> list[Run]:
     for run in runs:  # a diverged run (nan) would silently poison the mean and the test
         if not (math.isfinite(run.val_loss) and math.isfinite(run.val_bpb)):
             raise RecordsError(f"{run.source}: final val_loss/val_bpb is not finite")
+        if run.val_loss < 0 or run.val_bpb < 0:  # a cross-entropy is never negative
+            raise RecordsError(f"{run.source}: final val_loss/val_bpb is negative")
     # A repeated seed would inflate n and fake significance, so refuse it.
     by_seed: dict[int, Run] = {}
     for run in runs:
@@ -192,15 +213,37 @@ def load_runs(paths: list[str]) -> list[Run]:
 
 # --- Statistics --------------------------------------------------------------
 
+def check_test_options(previous, margin: float, alpha: float) -> None:
+    """The t-test's inputs from the command line must mean something."""
+    if previous is not None and not (math.isfinite(previous) and previous > 0):
+        raise RecordsError(f"--previous-val-loss {previous}: expected a finite val_loss > 0")
+    if not (math.isfinite(margin) and margin >= 0):
+        raise RecordsError(f"--margin {margin}: expected a finite number of nats >= 0")
+    if not 0 < alpha < 1:
+        raise RecordsError(f"--alpha {alpha}: expected a significance level between 0 and 1, "
+                           "both excluded")
+
+
+def untestable(losses: list[float]) -> str | None:
+    """Why the t-test is undefined for these losses, or None when it is defined."""
+    if len(losses) < 2:
+        return f"the t-test needs >= 2 seeds (have {len(losses)})"
+    if statistics.stdev(losses) == 0.0:
+        return (f"the {len(losses)} seeds have the same val_loss, so the sample standard "
+                "deviation is 0 and t is undefined")
+    return None
+
+
 def one_sided_test(losses: list[float], previous: float, margin: float):
     """t-test of H1: mean(losses) < previous - margin. Returns (t, df, p).
 
-    t is positive when the mean beats the target (previous - margin)."""
+    t is positive when the mean beats the target (previous - margin). Fewer than two
+    losses, or identical ones, raise ValueError (see untestable)."""
+    reason = untestable(losses)
+    if reason:
+        raise ValueError(reason)
     n = len(losses)
     target = previous - margin
-    if statistics.stdev(losses) == 0.0:  # identical seeds: the gap alone decides
-        better = statistics.fmean(losses) < target
-        return (math.inf, n - 1, 0.0) if better else (-math.inf, n - 1, 1.0)
     try:  # imported here so that the other subcommands work without it
         from scipy import stats
     except ImportError:
@@ -242,11 +285,12 @@ def table_text(runs: list[Run], previous=None, margin=0.005, alpha=0.01) -> str:
         out.append("note: runs mix result kinds (ttt / roundtrip / json); check each is final")
     if previous is None:
         return "\n".join(out)
+    reason = untestable(losses)
+    if reason:
+        out.append(f"\nno t-test made: {reason}")
+        return "\n".join(out)
     target = previous - margin
     out.append(f"\none-sided t-test  H1: mean val_loss < {previous} - {margin} = {target:.8f}")
-    if len(runs) < 2:
-        out.append(f"cannot test: the t-test needs >= 2 seeds (have {len(runs)})")
-        return "\n".join(out)
     t, df, p = one_sided_test(losses, previous, margin)
     out.append(f"t = {t:.4f}  df = {df}  p = {p:.6g}")
     if p < alpha:
@@ -278,7 +322,8 @@ def combined_submission(runs: list[Run], args, bytes_code=None) -> dict:
 def check_date(date: str) -> None:
     """--date must be a real calendar day written YYYY-MM-DD."""
     try:
-        valid = bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", date)) and bool(datetime.date.fromisoformat(date))
+        valid = (bool(re.fullmatch(r"\d{4}-\d{2}-\d{2}", date))
+                 and bool(datetime.date.fromisoformat(date)))
     except ValueError:
         valid = False
     if not valid:
@@ -289,7 +334,7 @@ def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-ARTIFACT_NAME = "final_model_seed{seed}.int8.ptz"  # a seed's artifact, beside its log and in a folder
+ARTIFACT_NAME = "final_model_seed{seed}.int8.ptz"  # a seed's artifact, beside its log, in a folder
 PER_SEED_FILES = ("train_seed*.log", "final_model_seed*.int8.ptz")  # what folder writes per seed
 
 
@@ -315,8 +360,9 @@ def find_artifact(run: Run, given: dict[int, Path]) -> Path:
                       run.source.with_suffix(".int8.ptz")]
     found = next((c for c in candidates if c.is_file()), None)
     if found is None:
+        looked = " and ".join(map(str, candidates))
         raise RecordsError(f"{run.source}: no artifact for seed {run.seed} (looked for "
-                           f"{' and '.join(map(str, candidates))}; give --artifact {run.seed}=PATH)")
+                           f"{looked}; give --artifact {run.seed}=PATH)")
     size = found.stat().st_size
     if run.bytes_model is not None and size != run.bytes_model:
         raise RecordsError(f"{found}: {size} bytes, but the log of seed {run.seed} reports "
@@ -343,36 +389,98 @@ def build_folder(runs: list[Run], args) -> Path:
     unknown = sorted(set(given) - {r.seed for r in runs})
     if unknown:
         raise RecordsError(f"--artifact {unknown[0]}=...: no run has seed {unknown[0]}")
-    artifacts = {r.seed: find_artifact(r, given) for r in runs}
+    # Challenge record folders hold no artifacts: they are copied only when asked for.
+    artifacts = {}
+    if args.with_artifacts or given:
+        artifacts = {r.seed: find_artifact(r, given) for r in runs}
     code_bytes = script.stat().st_size
+    sub = combined_submission(runs, args, bytes_code=code_bytes)
+    readme = None if args.readme else generated_readme(
+        runs, sub, script_defaults(script), bool(artifacts), requirements.is_file())
     for r in runs:  # the logs must come from the script being submitted
         if r.bytes_code is not None and r.bytes_code != code_bytes:
             print(f"warning: {r.source}: logged bytes_code {r.bytes_code} != {script} "
                   f"size {code_bytes}; is this the script that ran?", file=sys.stderr)
-    sub = combined_submission(runs, args, bytes_code=code_bytes)
+    if not requirements.is_file():
+        print(f"warning: no {requirements}; the folder has no requirements.txt", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     # With --force: a seed log or artifact from an earlier assembly would join the
-    # folder's seed table (`records.py table .`), so those go; other files stay.
+    # folder's seed table (`tools/records.py table FOLDER`), so those go; other files stay.
     for pattern in PER_SEED_FILES:
         for stale in out.glob(pattern):
             stale.unlink()
     shutil.copyfile(script, out / "train_gpt.py")
     for r in runs:
         shutil.copyfile(r.source, out / f"train_seed{r.seed}.log")
-        shutil.copyfile(artifacts[r.seed], out / ARTIFACT_NAME.format(seed=r.seed))
+    for seed, artifact in artifacts.items():
+        shutil.copyfile(artifact, out / ARTIFACT_NAME.format(seed=seed))
     _write_json(out / "submission.json", sub)
     if requirements.is_file():
         shutil.copyfile(requirements, out / "requirements.txt")
-    else:
-        print(f"warning: no {requirements}; the folder has no requirements.txt", file=sys.stderr)
-    if args.readme:
+    if readme is None:
         shutil.copyfile(args.readme, out / "README.md")
     else:
-        (out / "README.md").write_text(generated_readme(runs, sub), encoding="utf-8")
+        (out / "README.md").write_text(readme, encoding="utf-8")
     return out
 
 
-def generated_readme(runs: list[Run], sub: dict) -> str:
+TORCHRUN = "torchrun --standalone --nproc_per_node=8 train_gpt.py"
+# Set apart from a run's other settings in its README: the seed on each command line, the
+# data and tokenizer paths by the reviewer's environment.
+PER_COMMAND = {"seed", "data_path", "tokenizer_path"}
+
+
+def script_defaults(script: Path) -> dict | None:
+    """The defaults of a train_gpt.py's Hyperparameters, read from its source without running
+    it: `name: type = value` or `name: type = setting(value, ...)`, where value is a literal.
+    None when the script has no such class."""
+    try:
+        tree = ast.parse(_read_text(script))
+    except SyntaxError:
+        return None
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.ClassDef) and node.name == "Hyperparameters"):
+            continue
+        defaults = {}
+        for item in node.body:
+            if not (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                    and item.value is not None):
+                continue
+            value = item.value
+            if isinstance(value, ast.Call) and getattr(value.func, "id", "") == "setting":
+                value = value.args[0] if value.args else value
+            try:
+                defaults[item.target.id] = _as_export(ast.literal_eval(value))
+            except (ValueError, TypeError, SyntaxError):
+                pass  # not a literal: the run's value is always listed
+        return defaults
+    return None
+
+
+def retrain_exports(run: Run, defaults: dict | None) -> list[str]:
+    """The exports that give train_gpt.py the settings of a run that differ from its defaults
+    (every logged setting when the defaults are unknown), less PER_COMMAND."""
+    settings = logged_settings(run.source)
+    return export_lines({k: v for k, v in settings.items() if k not in PER_COMMAND
+                         and (defaults is None or k not in defaults or defaults[k] != v)})
+
+
+def retrain_block(runs: list[Run], defaults: dict | None, requirements: bool) -> list[str]:
+    """Shell lines that retrain every seed; runs with other settings each get a subshell."""
+    groups: dict[tuple, list[Run]] = {}
+    for r in runs:
+        groups.setdefault(tuple(retrain_exports(r, defaults)), []).append(r)
+    lines = ["pip install -r requirements.txt"] if requirements else []
+    for exports, members in groups.items():
+        body = list(exports) + [f"SEED={r.seed} {TORCHRUN}" for r in members]
+        lines += body if len(groups) == 1 else ["("] + ["  " + b for b in body] + [")"]
+    return lines
+
+
+def generated_readme(runs: list[Run], sub: dict, defaults: dict | None, artifacts: bool,
+                     requirements: bool) -> str:
+    """A record folder's README: the scores, its files, and how to reproduce them from the
+    folder alone."""
     lines = [f"# {sub['name']}", "", f"By {sub['author']} (@{sub['github_id']}), {sub['date']}.",
              "", sub["blurb"], "",
              "| seed | val_loss | val_bpb | bytes_total | steps | train s | eval s |",
@@ -382,12 +490,36 @@ def generated_readme(runs: list[Run], sub: dict) -> str:
                      f"| {r.steps} | {r.train_time_s:.1f} | {r.eval_time_s:.1f} |")
     spread = (f" ± {statistics.stdev(r.val_bpb for r in runs):.8f} (sample sd)"
               if len(runs) > 1 else "")
+
+    def names(pattern):
+        return ", ".join(f"`{pattern.format(seed=r.seed)}`" for r in runs)
+
     lines += ["", f"Mean val_bpb {sub['val_bpb']:.8f}{spread}, mean val_loss "
-              f"{sub['val_loss']:.8f}, largest artifact {sub['bytes_total']} bytes.", "",
-              "Re-score a seed's artifact from this folder, with the data in place:", "", "```bash",
-              f"eval \"$(python3 records.py settings train_seed{runs[0].seed}.log)\"",
-              f"EVAL_ONLY=1 ARTIFACT={ARTIFACT_NAME.format(seed=runs[0].seed)} "
-              "torchrun --standalone --nproc_per_node=8 train_gpt.py", "```", ""]
+              f"{sub['val_loss']:.8f}; the largest bytes_total (script and compressed model) is "
+              f"{sub['bytes_total']}.", "", "## Files", "",
+              "- `train_gpt.py`: the training script.",
+              f"- {names('train_seed{seed}.log')}: each seed's training log.",
+              "- `submission.json`: the mean scores and each seed's results."]
+    if requirements:
+        lines.append("- `requirements.txt`: the Python packages the script needs.")
+    if artifacts:
+        lines.append(f"- {names(ARTIFACT_NAME)}: each seed's compressed model.")
+    exports = any(retrain_exports(r, defaults) for r in runs)
+    which = ("The exports are every setting the runs logged." if defaults is None else
+             "The exports are the runs' settings that differ from train_gpt.py's defaults."
+             if exports else "The runs used train_gpt.py's default settings.")
+    lines += ["", "## Reproduce", "",
+              "Retrain each seed on 8 GPUs from this folder. train_gpt.py reads the data from "
+              "`DATA_PATH` and the tokenizer from `TOKENIZER_PATH`; set them where the data is "
+              f"not at its defaults. {which}", "",
+              "```bash", *retrain_block(runs, defaults, requirements), "```", ""]
+    if artifacts:
+        lines += ["Re-score a seed's artifact without training (an artifact carries every "
+                  "setting its score depends on; only `DATA_PATH` and `TOKENIZER_PATH` come from "
+                  "the environment):", "", "```bash"]
+        lines += [f"EVAL_ONLY=1 ARTIFACT={ARTIFACT_NAME.format(seed=r.seed)} {TORCHRUN}"
+                  for r in runs]
+        lines += ["```", ""]
     return "\n".join(lines)
 
 
@@ -395,17 +527,31 @@ def generated_readme(runs: list[Run], sub: dict) -> str:
 NOT_REPLAYED = {"run_id", "run_note", "eval_only", "artifact"}
 
 
-def settings_exports(path: Path) -> str:
-    """`export NAME=value` lines that give train_gpt.py the settings a logged run used."""
+def _as_export(value):
+    """A setting as train_gpt.py reads it from the environment: booleans as 0 and 1."""
+    return int(value) if isinstance(value, bool) else value
+
+
+def logged_settings(path: Path) -> dict:
+    """The settings a train_gpt.py run logged in its 'hyperparameters: {...}' line, less
+    NOT_REPLAYED."""
     for line in _read_text(path).splitlines():
         if line.startswith("hyperparameters: {"):
             try:
                 settings = json.loads(line.removeprefix("hyperparameters: "))
             except json.JSONDecodeError:
                 break
-            values = {k: int(v) if isinstance(v, bool) else v for k, v in settings.items() if k not in NOT_REPLAYED}
-            return "\n".join(f"export {k.upper()}={shlex.quote(str(v))}" for k, v in values.items())
+            return {k: _as_export(v) for k, v in settings.items() if k not in NOT_REPLAYED}
     raise RecordsError(f"{path}: no 'hyperparameters: {{...}}' line (is it a train_gpt.py log?)")
+
+
+def export_lines(settings: dict) -> list[str]:
+    return [f"export {k.upper()}={shlex.quote(str(v))}" for k, v in settings.items()]
+
+
+def settings_exports(path: Path) -> str:
+    """`export NAME=value` lines that give train_gpt.py the settings a logged run used."""
+    return "\n".join(export_lines(logged_settings(path)))
 
 
 def plot_runs(runs: list[Run], out: str) -> None:
@@ -415,6 +561,12 @@ def plot_runs(runs: list[Run], out: str) -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         raise RecordsError("plot: matplotlib is not installed (pip install matplotlib)") from None
+    from matplotlib.backend_bases import FigureCanvasBase
+    image_format = Path(out).suffix.lower().removeprefix(".")
+    formats = FigureCanvasBase.get_supported_filetypes()  # savefig finds the backend for each
+    if image_format not in formats:
+        raise RecordsError(f"{out}: the file name must end in an image format matplotlib "
+                           f"writes ({', '.join('.' + f for f in sorted(formats))})")
     for r in runs:
         if not (r.train_curve or r.val_curve):
             raise RecordsError(f"{r.source}: no training curve to plot (plot needs a log)")
@@ -432,50 +584,72 @@ def plot_runs(runs: list[Run], out: str) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
     fig.tight_layout()
-    fig.savefig(out, format="png", dpi=100)
+    fig.savefig(out, format=image_format, dpi=100)
     plt.close(fig)
 
 
 # --- Command line ------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, help_text):
+        return sub.add_parser(name, help=help_text, description=help_text)
 
     def with_runs(name, help_text):
-        p = sub.add_parser(name, help=help_text)
+        p = command(name, help_text)
         p.add_argument("runs", nargs="+", metavar="RUN",
-                       help="training log, per-run submission.json, or a directory of them")
+                       help="Each RUN is a training log, a per-run submission.json, "
+                            "or a folder of them.")
         return p
 
     def with_metadata(p):
-        for flag in ("--name", "--author", "--github-id", "--blurb"):
-            p.add_argument(flag, required=True)
-        p.add_argument("--date", help="YYYY-MM-DD (default: today)")
+        for flag, what in (("--name", "Name the record."), ("--author", "Give the author's name."),
+                           ("--github-id", "Give the author's GitHub user name."),
+                           ("--blurb", "Describe the record in a sentence or two.")):
+            p.add_argument(flag, required=True, help=what)
+        p.add_argument("--date", help="Date the record, written YYYY-MM-DD (default: today).")
 
-    p = with_runs("table", "per-seed table, mean/sd, optional significance test")
-    p.add_argument("--previous-val-loss", type=float, help="val_loss of the record to beat")
-    p.add_argument("--margin", type=float, default=0.005, help="required gain in nats")
-    p.add_argument("--alpha", type=float, default=0.01, help="significance level")
-    p = with_runs("submission", "write the combined submission.json")
+    p = with_runs("table", "Print the per-seed table, the mean and sample standard deviation, "
+                           "and optionally a one-sided t-test against the record to beat.")
+    p.add_argument("--previous-val-loss", type=float, metavar="LOSS",
+                   help="Run the t-test against this val_loss, the record to beat.")
+    p.add_argument("--margin", type=float, default=0.005, metavar="NATS",
+                   help="Require the runs to beat it by this many nats (default 0.005).")
+    p.add_argument("--alpha", type=float, default=0.01,
+                   help="Use this significance level for the t-test (default 0.01).")
+    p = with_runs("submission", "Write the combined submission.json of the runs.")
     with_metadata(p)
-    p.add_argument("-o", "--output", required=True)
-    p = with_runs("folder", "assemble a record folder")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="Write the submission.json to this file.")
+    p.add_argument("--force", action="store_true", help="Replace FILE if it exists.")
+    p = with_runs("folder", "Assemble a challenge record folder from the runs' logs.")
     with_metadata(p)
-    p.add_argument("--out", required=True, help="record folder to create")
-    p.add_argument("--script", required=True, help="the training script (copied as train_gpt.py)")
-    p.add_argument("--readme", help="README.md to copy (default: a generated one)")
-    p.add_argument("--requirements", help="default: requirements.txt beside the script")
+    p.add_argument("--out", required=True, metavar="FOLDER", help="Create the record folder here.")
+    p.add_argument("--script", required=True,
+                   help="Copy this training script, the one that made the runs, as train_gpt.py.")
+    p.add_argument("--readme", help="Copy this README.md instead of generating one.")
+    p.add_argument("--requirements",
+                   help="Copy this requirements.txt (default: the one beside the script).")
+    p.add_argument("--with-artifacts", action="store_true",
+                   help="Copy each seed's compressed model into the folder as "
+                        "final_model_seed<SEED>.int8.ptz, found beside its log as "
+                        "final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz (challenge "
+                        "record folders hold none, so by default none is copied).")
     p.add_argument("--artifact", action="append", metavar="SEED=PATH",
-                   help="a seed's final_model.int8.ptz (repeatable; default: "
-                        "final_model_seed<SEED>.int8.ptz or <log name>.int8.ptz beside its log)")
+                   help="Take seed SEED's compressed model from PATH; it can be given once per "
+                        "seed and implies --with-artifacts.")
     p.add_argument("--force", action="store_true",
-                   help="write into an existing, non-empty folder (its per-seed logs and "
-                        "artifacts are replaced, other files kept)")
-    p = with_runs("plot", "loss curves against steps and wall-clock (PNG)")
-    p.add_argument("-o", "--output", required=True)
-    p = sub.add_parser("settings", help="print a run's settings as shell exports, to re-score its artifact")
-    p.add_argument("log", type=Path, help="a train_gpt.py log")
+                   help="Write into an existing, non-empty folder: its per-seed logs and "
+                        "artifacts are replaced, and its other files are kept.")
+    p = with_runs("plot", "Plot the loss curves against steps and wall-clock time.")
+    p.add_argument("-o", "--output", required=True, metavar="FILE",
+                   help="Write the image to this file; its extension names the format "
+                        "(.png, .pdf, .svg or another that matplotlib writes).")
+    p = command("settings", "Print a run's settings as shell exports, to re-score its artifact.")
+    p.add_argument("log", type=Path, help="Read the settings from this train_gpt.py log.")
     return parser
 
 
@@ -488,12 +662,20 @@ def main(argv=None) -> int:
         if args.command == "settings":
             print(settings_exports(args.log))
             return 0
+        if args.command == "table":
+            check_test_options(args.previous_val_loss, args.margin, args.alpha)
         runs = load_runs(args.runs)
         _warn_size(runs)
         if args.command == "table":
+            reason = untestable([r.val_loss for r in runs])
+            if args.previous_val_loss is not None and reason:
+                print(f"warning: no t-test made: {reason}", file=sys.stderr)
             print(table_text(runs, args.previous_val_loss, args.margin, args.alpha))
         elif args.command == "submission":
-            _write_json(Path(args.output), combined_submission(runs, args))
+            output = Path(args.output)
+            if output.exists() and not args.force:
+                raise RecordsError(f"{output}: exists; pass --force to replace it")
+            _write_json(output, combined_submission(runs, args))
             print(f"wrote {args.output} ({len(runs)} seeds)")
         elif args.command == "folder":
             print(f"wrote record folder {build_folder(runs, args)}")
