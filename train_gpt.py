@@ -127,7 +127,7 @@ class Hyperparameters:
     run_id: str = setting("", RUN_NAME)  # empty: random
     run_note: str = ""  # free text copied into the run's results (logs/<RUN_ID>.json): what it is
     # model (with vocab_size, what the artifact records: MODEL_SETTINGS)
-    num_layers: int = setting(8, COUNT)
+    num_layers: int = setting(8, within(1, 256))  # each a module, built before the memory check
     model_dim: int = setting(512, COUNT)
     num_heads: int = setting(8, COUNT)
     num_kv_heads: int = setting(4, COUNT)
@@ -340,7 +340,7 @@ def setup_run(hp: Hyperparameters) -> Run:
         run.log_path.write_text(source + "\n" + "=" * 100 + "\n", encoding="utf-8")
     python = sys.version.split()[0]
     run.log(f"python {python} torch {torch.__version__} device:{describe_device(device)}")
-    # records.py settings reads this line
+    # tools/records.py reads this line
     run.log("hyperparameters: " + json.dumps(dataclasses.asdict(hp)), console=False)
     run.log(f"seed:{hp.seed}")
     torch.manual_seed(hp.seed)

@@ -274,8 +274,8 @@ def test_rank_check_catches_different_weights(tmp_path):
 
 
 def test_the_training_clock_starts_once_every_rank_has_warmed_up(tmp_path, dataset, tokenizer_path):
-    """Ranks compile their own evaluation shapes in the warm-up, so one may finish it minutes after another (ninth and tenth
-    sessions, two H200s): the clock must not start while a rank is still warming up. Here rank 1's warm-up ends 5 s late."""
+    """Ranks compile their own evaluation shapes in the warm-up, so one may finish it minutes after another (on two
+    H200s, 3.5 minutes): the clock must not start while a rank is still warming up. Here rank 1's warm-up ends 5 s late."""
     script = tmp_path / "late.py"
     script.write_text(
         "import sys, time\n"

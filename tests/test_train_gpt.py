@@ -562,7 +562,7 @@ def test_ttt_stops_adapting_when_the_budget_is_spent(tokenizer_path, monkeypatch
 
 def test_ttt_sums_gradients_over_ranks_in_each_parameters_dtype():
     """On GPU the embedding tables are bf16 and the rest fp32 (build_model): the summed gradients go back to each
-    parameter in its own dtype. Two GPUs' TTT stopped on this (ninth session: a bf16 table given an fp32 gradient)."""
+    parameter in its own dtype. Two H200s' TTT once stopped on this (a bf16 table given an fp32 gradient)."""
     run = tg.Run(0, 2, torch.device("cpu"), None)
     run.all_reduce = lambda tensor, op=None: tensor * 2  # both ranks hold the same gradients
     table, weight, unused = (torch.nn.Parameter(t) for t in (torch.ones(3, 2, dtype=torch.bfloat16), torch.ones(4), torch.ones(2)))

@@ -1,4 +1,5 @@
-"""tools/benchmark.py's own arithmetic (its timings need a GPU)."""
+"""The tools' own logic on CPU: benchmark.py's arithmetic (its timings need a GPU), side_by_side.py's
+table, small_split.py's split."""
 import pytest
 
 import benchmark
@@ -44,3 +45,20 @@ def test_side_by_side_reads_a_runs_final_scores(tiny_run):
     for column, (prefix, field) in side_by_side.SCORES.items():
         expected = [line for line in result.stdout.splitlines() if line.startswith(prefix + " ")][-1]
         assert f"{field}:" in expected and abs(scores[column] - float(expected.split(f"{field}:")[1].split()[0])) < 1e-9
+
+
+def test_small_split_keeps_the_first_train_shard_and_a_short_validation_stream(dataset, tmp_path):
+    import subprocess
+    import sys
+    import numpy as np
+    from conftest import ROOT
+    result = subprocess.run([sys.executable, str(ROOT / "tools/small_split.py"), str(dataset), str(tmp_path / "small"),
+                             "--val-tokens", "500"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "small").iterdir()) == ["fineweb_train_000000.bin",
+                                                                      "fineweb_val_000000.bin"]
+    import train_gpt as tg
+    val = tg.load_shard(tmp_path / "small/fineweb_val_000000.bin", 320)
+    original = tg.load_shard(dataset / "fineweb_val_000000.bin", 320)
+    assert np.array_equal(val, original[:500])
+    assert (tmp_path / "small/fineweb_train_000000.bin").read_bytes() == (dataset / "fineweb_train_000000.bin").read_bytes()
