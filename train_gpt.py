@@ -94,7 +94,7 @@ def setting(default, limit):
 # environment variables this script reads that are not settings
 OTHER_VARIABLES = {"OVERWRITE", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 # the settings' own families: an unknown name that starts so was meant as a setting
-SETTING_PREFIXES = ("TTT_", "HYMBA_", "EVAL_", "MUON_", "ADAM_", "EMA_", "QAT_", "BIGRAM_",
+SETTING_PREFIXES = ("TTT_", "HYMBA_", "EVAL_", "MUON_", "ADAM_", "SWA_", "QAT_", "BIGRAM_",
                     "WARMDOWN_", "ZSTD_", "QUANT_")
 
 
@@ -167,8 +167,10 @@ class Hyperparameters:
     muon_momentum_warmup_start: float = setting(0.85, DECAY)
     muon_momentum_warmup_steps: int = setting(500, AT_LEAST_0)
     muon_backend_steps: int = setting(5, COUNT)
-    ema_decay: float = setting(0.997, DECAY)
-    ema_every: int = setting(10, COUNT)
+    # the exported weights: their mean every SWA_EVERY steps once the learning rate is below this
+    # fraction of its peak; 0: the last step's weights
+    swa_lr_below: float = setting(0.2, within(0, 1))
+    swa_every: int = setting(10, COUNT)
     # QAT from this fraction of the steps or of the time on; 1: never
     qat_start_frac: float = setting(0.85, within(0, 1))
     val_loss_every: int = setting(0, AT_LEAST_0)  # 0: validate only after training
@@ -981,10 +983,9 @@ class BigramHash(nn.Module):
 
 class SmearGate(nn.Module):
     """x_t <- (1 - g) x_t + g x_{t-1}, with a learned per-channel gate g = sigmoid(w); x_0 is kept.
-    From the parameter-golf records (SmearGate); starts, as in PR #599, at g = sigmoid(-3), about
-    5%."""
+    From the parameter-golf records (SmearGate); starts at g = sigmoid(-2), about 12%."""
 
-    def __init__(self, dim: int, gate_init: float = -3.0):
+    def __init__(self, dim: int, gate_init: float = -2.0):
         super().__init__()
         self.gate = nn.Parameter(torch.full((dim,), gate_init))
 
@@ -995,10 +996,8 @@ class SmearGate(nn.Module):
 
 
 def zero_init(module: nn.Linear) -> nn.Linear:
-    """An output projection that starts at zero (so its block starts as the identity), marked so
-    that HymbaGPT's orthogonal init leaves it so."""
+    """An output projection that starts at zero, so that its block starts as the identity."""
     nn.init.zeros_(module.weight)
-    module.starts_at_zero = True
     return module
 
 
@@ -1033,8 +1032,12 @@ class HymbaMixer(nn.Module):
         self.conv_weight = nn.Parameter(torch.empty(self.inner, k).uniform_(-k ** -0.5, k ** -0.5))
         self.conv_bias = nn.Parameter(torch.empty(self.inner).uniform_(-k ** -0.5, k ** -0.5))
         self.x_proj = Linear(self.inner, self.dt_rank + 2 * self.state, bias=False)
-        # PyTorch's default bias: the step sizes start near 0.7
         self.dt_proj = Linear(self.dt_rank, self.inner, bias=True)
+        # Mamba's step-size init: softplus(bias) log-uniform in [0.001, 0.1], so that the state
+        # starts out reaching from ten to a thousand positions back
+        with torch.no_grad():
+            dt = torch.empty(self.inner).uniform_(math.log(1e-3), math.log(0.1)).exp()
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus's inverse
         decay_rates = torch.arange(1, self.state + 1, dtype=torch.float32)
         self.A_log = nn.Parameter(torch.log(decay_rates).repeat(self.inner, 1))
         self.D = nn.Parameter(torch.ones(self.inner))
@@ -1083,15 +1086,14 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, hp: Hyperparameters, kernels: Kernels, layer: int):
+    def __init__(self, hp: Hyperparameters, kernels: Kernels):
         super().__init__()
         dim = hp.model_dim
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(dim), torch.zeros(dim))))
         self.mixer = HymbaMixer(hp, kernels)
         self.mlp = MLP(dim, hp.mlp_mult, hp.leaky_relu_slope)
-        # deeper blocks start quieter (PR #599)
-        self.mixer_scale = nn.Parameter(torch.full((dim,), (layer + 1) ** -0.5))
-        self.mlp_scale = nn.Parameter(torch.full((dim,), (layer + 1) ** -0.5))
+        self.mixer_scale = nn.Parameter(torch.ones(dim))
+        self.mlp_scale = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor, x0: torch.Tensor, block_mask) -> torch.Tensor:
         mix = self.resid_mix.to(x.dtype)
@@ -1112,18 +1114,16 @@ class HymbaGPT(nn.Module):
             self.bigram = BigramHash(hp.vocab_size, hp.bigram_buckets, hp.bigram_hash_dim,
                                      hp.model_dim)
         self.smear = SmearGate(hp.model_dim) if hp.use_smeargate else None
-        self.blocks = nn.ModuleList(Block(hp, kernels, layer) for layer in range(hp.num_layers))
+        self.blocks = nn.ModuleList(Block(hp, kernels) for _ in range(hp.num_layers))
         self.num_encoder = hp.num_layers // 2
         skips = min(self.num_encoder, hp.num_layers - self.num_encoder)
         self.skip_weights = nn.Parameter(torch.ones(skips, hp.model_dim))
         self.lm_head = None
         if not hp.tie_embeddings:
             self.lm_head = Linear(hp.model_dim, hp.vocab_size, bias=False)
+        # QAT's switch (grid_weight). The linear weights that do not start at zero keep PyTorch's
+        # default init, which trains better here than PR #599's orthogonal one (docs/recipe.md).
         for module in self.modules():
-            # orthogonal (gain 1), as PR #599, unless the weight starts at zero
-            if isinstance(module, nn.Linear) and not getattr(module, "starts_at_zero", False):
-                nn.init.orthogonal_(module.weight)
-            # QAT's switch: grid_weight
             if isinstance(module, (Linear, Embedding)) and is_quantized(module.weight):
                 module.register_buffer("qat", torch.zeros(()), persistent=False)
                 module.qat_bits = hp.quant_bits
@@ -1620,8 +1620,8 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT
 # Muon for the 2-D weights of the blocks' linear layers (and the bigram projection); Adam for the
 # two embedding tables (token, bigram), the head and every scalar or control tensor. The learning
 # rate is constant, then decays over the last WARMDOWN_ITERS steps, placed by measured
-# wall-clock so that it reaches zero as the time runs out. An EMA of the weights is what gets
-# exported.
+# wall-clock so that it reaches zero as the time runs out. What gets exported is the mean of the
+# weights over the warmdown's tail (SWA_LR_BELOW), or the last step's.
 # -----------------------------------------------------------------------------
 
 
@@ -1672,23 +1672,39 @@ def muon_momentum(step: int, hp: Hyperparameters) -> float:
     return (1 - frac) * hp.muon_momentum_warmup_start + frac * hp.muon_momentum
 
 
-class EMA:
-    """Exponential moving average of the weights (fp32) with `decay` per step, applied every
-    `every` steps."""
+class WeightAverage:
+    """Stochastic weight averaging over the warmdown's tail (as the parameter-golf records do):
+    the mean (in fp32) of the weights after every `every`-th step taken at a learning rate below
+    `lr_below` of the peak. The learning rate places it by the run's length, so it spans the same
+    share of a short run as of a long one. Before its first sample, the model's own weights."""
 
-    def __init__(self, model: nn.Module, decay: float, every: int):
-        self.decay = decay
+    def __init__(self, lr_below: float, every: int):
+        self.lr_below = lr_below
         self.every = every
-        self.shadow = {name: t.detach().float().clone() for name, t in model.state_dict().items()}
+        self.total = {}  # name: the sum of the samples
+        self.samples = 0
+        self.first_step = 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module, step: int) -> None:
-        if self.every > 0 and step % self.every == 0:
-            current = [t.float() for t in model.state_dict().values()]  # the shadow's order
-            torch._foreach_lerp_(list(self.shadow.values()), current, 1 - self.decay ** self.every)
+    def update(self, model: nn.Module, step: int, lr_multiplier: float) -> None:
+        if lr_multiplier >= self.lr_below or step % self.every:
+            return
+        state = model.state_dict()
+        if not self.samples:
+            self.total = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in state.items()}
+            self.first_step = step
+        torch._foreach_add_(list(self.total.values()), [t.float() for t in state.values()])
+        self.samples += 1
 
     def weights(self, model: nn.Module) -> dict:
-        return {name: t.to(model.state_dict()[name].dtype) for name, t in self.shadow.items()}
+        state = model.state_dict()
+        if not self.samples:
+            return {name: t.detach().clone() for name, t in state.items()}
+        return {name: (self.total[name] / self.samples).to(t.dtype) for name, t in state.items()}
+
+    def raw(self) -> dict:
+        """What a raw state saves of it."""
+        return dict(total=self.total, samples=self.samples)
 
 
 def check_batch_shape(hp: Hyperparameters, run: Run) -> None:
@@ -1711,7 +1727,7 @@ def memory_estimate(hp: Hyperparameters, run: Run, kernels: Kernels) -> dict:
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         params = sum(p.numel() for p in HymbaGPT(hp, kernels).parameters())
     # bytes a parameter: training keeps fp32 weights, gradients, Adam's two moments (Muon's one),
-    # the EMA, and the warm-up's copies of weights and optimizer state; evaluation the weights,
+    # the weight average, and the warm-up's copies of weights and optimizer state; evaluation the weights,
     # and for TTT their gradients, AdamW's moments and a copy
     if not hp.eval_only:
         state = 32 * params
@@ -1795,7 +1811,7 @@ def save_stopped_run(hp: Hyperparameters, run: Run, data: Data, label: str, weig
     can score; say where and how."""
     artifact = Path(hp.artifact).with_name(f"{label}_model.int8.ptz")
     export_artifact(hp, run, data, weights, artifact, raw)
-    return (f"saved the EMA weights to {artifact} (raw state: {raw_weights_path(artifact)}); "
+    return (f"saved the weights to {artifact} (raw state: {raw_weights_path(artifact)}); "
             f"score them with EVAL_ONLY=1 ARTIFACT={artifact}")
 
 
@@ -1870,7 +1886,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
 
     loader = DistributedTokenLoader(data.train_paths, run, per_micro, hp.train_seq_len,
                                     hp.vocab_size)
-    ema = EMA(model, hp.ema_decay, hp.ema_every)
+    average = WeightAverage(hp.swa_lr_below, hp.swa_every)
     train_ms = 0.0
     step = 0
     qat_on = False
@@ -1900,8 +1916,8 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         try:
             loss = train_step(trainer, loader, optimizers, hp, run)
         except ConfigError as error:  # bad tokens in a train shard the stream just reached
-            raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-            saved = save_stopped_run(hp, run, data, "interrupted", ema.weights(model), raw)
+            raw = dict(model=model.state_dict(), average=average.raw(), step=step)
+            saved = save_stopped_run(hp, run, data, "interrupted", average.weights(model), raw)
             raise ConfigError(f"{error}; {saved}") from None
         step += 1
         elapsed_ms = train_ms + (time.perf_counter() - t0) * 1000
@@ -1929,18 +1945,18 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
             set_qat(model, True)
             run.log(f"qat: on from step {step + 1}, the weights now train on the artifact's int8 "
                     "grid")
-        # the weights are spoilt; the EMA, not yet updated with them, is the last good state
+        # the weights are spoilt: the average, not yet updated with them, is all that may be good
         if nonfinite:
-            raw = dict(ema=ema.shadow, step=step - 1)
-            saved = save_stopped_run(hp, run, data, "last_finite", ema.weights(model), raw)
-            # unless the weights it took in at the step before had overflowed while the loss had not
-            if not all(t.isfinite().all() for t in ema.shadow.values()):
-                saved += " (WARNING: the EMA is not finite either)"
+            finite = all(t.isfinite().all() for t in average.total.values())
+            saved = "no averaged weights to save"
+            if average.samples and finite:
+                raw = dict(average=average.raw(), step=step - 1)
+                saved = save_stopped_run(hp, run, data, "last_finite", average.weights(model), raw)
             raise RunStopped(f"train_loss is not finite at step {step}; {saved}", exit_code=3)
-        ema.update(model, step)
+        average.update(model, step, multiplier)
         if signalled:
-            raw = dict(model=model.state_dict(), ema=ema.shadow, step=step)
-            saved = save_stopped_run(hp, run, data, "interrupted", ema.weights(model), raw)
+            raw = dict(model=model.state_dict(), average=average.raw(), step=step)
+            saved = save_stopped_run(hp, run, data, "interrupted", average.weights(model), raw)
             signal_name = STOP.name or "a signal to another rank"
             raise RunStopped(f"{signal_name} at step {step}: training stopped; {saved}",
                              exit_code=0)
@@ -1951,14 +1967,16 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     train_ms += (run.clock() - t0) * 1000
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms "
             f"step_avg:{train_ms / max(step, 1):.2f}ms")
-    initial_share = hp.ema_decay ** (step // hp.ema_every * hp.ema_every)  # in the EMA
-    if initial_share > 0.5:
-        run.log("WARNING: the EMA exported is still mostly the initial weights: too few steps for "
-                "EMA_DECAY, EMA_EVERY")
+    if average.samples:
+        run.log(f"swa: exporting the mean of {average.samples} weights from step "
+                f"{average.first_step} on (SWA_LR_BELOW={hp.swa_lr_below})")
+    else:
+        run.log("swa: exporting the last step's weights (no step below "
+                f"SWA_LR_BELOW={hp.swa_lr_below})")
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
     last_step = {name: t.detach().clone() for name, t in model.state_dict().items()}
-    model.load_state_dict(ema.weights(model))  # then the weights on disk before any evaluation
+    model.load_state_dict(average.weights(model))  # then the weights on disk before any evaluation
     weights = model.state_dict()
     sizes = export_artifact(hp, run, data, weights, Path(hp.artifact), weights)
     results.update(steps=step, train_time_s=train_ms / 1000, **sizes)
@@ -1968,11 +1986,13 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     if STOP.name:  # it came after the last step
         STOP.handle()
     check_ranks_agree(run, model, "after training")
-    set_qat(model, False)  # score the float EMA weights: the gap to the roundtrip is quantization's
+    set_qat(model, False)  # score the exported weights in float: the gap to the roundtrip is
+    # quantization's
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
-    run.log(f"final_ema_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
-    results.update(ema_val_bpb=bpb)
-    # the last step's weights, not averaged: what the EMA is to beat (evaluation reads the artifact)
+    run.log(f"final_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
+    results.update(prequant_val_bpb=bpb)
+    # the last step's weights, not averaged: what the average is to beat (evaluation reads the
+    # artifact)
     model.load_state_dict(last_step)
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     run.log(f"final_last_step_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")

@@ -18,7 +18,7 @@ kernels' time ran while compute kernels ran too (hidden) and how much did not (e
 
 Times (median of CUDA-event timings after warm-up; with --iters 50 or more, drift_ms also compares the
 last tenth of the timed steps with the first): the full training step (forward, backward, Muon
-and Adam, EMA amortised over EMA_EVERY), alone and back to back (queued with no sync between them), the TTT step (forward, backward, AdamW on this GPU's share of
+and Adam, the weight average's sample amortised over SWA_EVERY), alone and back to back (queued with no sync between them), the TTT step (forward, backward, AdamW on this GPU's share of
 a chunk) and the scoring pass. Random tokens unless --tokens-from: the work per step is the same but for
 the embedding's backward, which sums the gradients of repeated tokens (real text repeats many).
 On one GPU, communication is not measured; the projections assume every GPU does this GPU's work.
@@ -209,7 +209,7 @@ def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: in
         x = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
         y = torch.randint(0, hp.vocab_size, (seqs, hp.train_seq_len), device=device)
     optimizers = tg.build_optimizers(hp, model, run)
-    ema = tg.EMA(model, hp.ema_decay, 1)
+    average = tg.WeightAverage(lr_below=1.0, every=1)
     loader = FixedBatch(x, y)
 
     def train_step():
@@ -228,11 +228,11 @@ def bench(hp: tg.Hyperparameters, run: tg.Run, seqs: int, warmup: int, iters: in
         report = profile_train_step(train_step, rows=profile_rows)
         if run.rank == 0:
             print(report, flush=True)
-    ema_ms = median_ms(lambda: ema.update(model, 1), 2, 5) / max(hp.ema_every, 1)
+    average_ms = median_ms(lambda: average.update(model, 1, 0.0), 2, 5) / hp.swa_every
     tokens = seqs * hp.train_seq_len
-    step_ms = train_ms + ema_ms
+    step_ms = train_ms + average_ms
     result = dict(world_size=run.world_size, backends=kernels.names, compile=hp.compile, first_step_s=round(first_step_s, 1), train_step_ms=round(step_ms, 2),
-                  back_to_back_ms=round(queued_ms + ema_ms, 2), drift_ms=drift_ms(times),
+                  back_to_back_ms=round(queued_ms + average_ms, 2), drift_ms=drift_ms(times),
                   tokens_per_s=round(tokens / step_ms * 1000), peak_gib=round(peak_gib, 2),
                   mfu=round(flops_per_token(hp, model) * tokens / (step_ms / 1000) / PEAK_BF16_FLOPS, 4),
                   projected_steps_600s=int(600_000 / step_ms), ttt_step_ms=None, score_ms=None, projected_ttt_eval_s=None)

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 STEP = re.compile(r"^step:(\d+)/\d+ train_loss:([0-9.naif]+)")
-SCORES = ("final_ema_prequant", "final_int8_zstd_roundtrip_exact", "legal_ttt_exact")
+SCORES = ("final_prequant", "final_int8_zstd_roundtrip_exact", "legal_ttt_exact")
 
 
 def read(path: str) -> tuple[dict[int, float], list[str]]:

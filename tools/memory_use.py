@@ -4,7 +4,7 @@ check makes before a run: use it when a change to the model moves what a step ke
     python3 tools/memory_use.py NAME=VALUE ...   # settings as for training (TTT left out)
 
 Each measurement runs in a fresh process (its peak resident memory is the process's): the model,
-its optimizers, the EMA and the warm-up's copy are built, then two training steps run on random
+its optimizers, the weight average and the warm-up's copy are built, then two training steps run on random
 tokens. The estimate is train_gpt.memory_estimate's for a training micro-step."""
 import json
 import os
@@ -31,7 +31,8 @@ estimate = tg.memory_estimate(hp, run, kernels)
 before = peak()
 model = tg.build_model(hp, kernels, run.device)
 optimizers = tg.build_optimizers(hp, model, run)
-ema = tg.EMA(model, hp.ema_decay, hp.ema_every)
+average = tg.WeightAverage(lr_below=1.0, every=1)
+average.update(model, 1, 0.0)
 warm_up_copy = copy.deepcopy(model.state_dict())
 tokens = hp.train_batch_tokens // hp.grad_accum_steps
 x = torch.randint(0, hp.vocab_size, (tokens // hp.train_seq_len, hp.train_seq_len))

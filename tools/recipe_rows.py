@@ -1,86 +1,123 @@
-"""Use to measure one row of the recipe (docs/recipe.md): train_gpt.py with chosen rows switched back (CPU or GPU).
+"""Use to measure a row of the recipe (docs/recipe.md): train_gpt.py with chosen rows switched to their other
+choice, and other weight averages scored beside the one it exports (CPU or GPU).
 
-    OLD_ROWS=bigram,dt SEED=1337 <settings> python3 tools/recipe_rows.py
+    SWITCH_ROWS=ortho,dt AVERAGES=0,0.1,ema SEED=1337 <settings> python3 tools/recipe_rows.py
 
-OLD_ROWS (comma-separated) switches these rows to their other choice for this run only:
-  ortho   linear weights keep PyTorch's default initialisation instead of orthogonal (PR #599's)
-  scales  the blocks' mixer and MLP output scales start at 1 instead of 1/sqrt(layer + 1) (PR #599's)
-  dt      dt_proj's bias gives Mamba's log-uniform step sizes in [0.001, 0.1] instead of PyTorch's default (PR #599's)
-  smear   SmearGate starts at sigmoid(-2), about 12%, instead of sigmoid(-3) (PR #599's)
-  bigram  the BigramHash table moves to the other Adam group: to the embedding's (EMBED_LR) from the scalars'
-          (SCALAR_LR, PR #599's), where train_gpt.py had it when this was measured (890f2c5), or back
-  bf16    (CPU) the embedding tables stored in bf16 (their Adam state too), as build_model makes them on a GPU (PR #599's);
-          the CPU path then reads them as fp32, so only the storage's precision differs, not the arithmetic
+SWITCH_ROWS (comma-separated) switches these rows to their other choice for this run only:
+  ortho   linear weights that do not start at zero start orthogonal (gain 1, PR #599's) instead of PyTorch's default
+  scales  the blocks' mixer and MLP output scales start at 1/sqrt(layer + 1) (PR #599's) instead of 1
+  dt      dt_proj's bias keeps PyTorch's default (step sizes near 0.7, PR #599's) instead of Mamba's log-uniform
+          step sizes in [0.001, 0.1]
+  smear   SmearGate starts at sigmoid(-3), about 5% (PR #599's), instead of sigmoid(-2)
+  bigram  the BigramHash table trains in the scalars' Adam group (SCALAR_LR, PR #599's) instead of the embedding's
   fp32    on a GPU, the embedding tables stay fp32 (as before PR #599's dtype row), and with them the residual stream
-  stream  (CPU) the residual stream rounded to bf16 wherever it is written (norm outputs, residual mixes and adds), as it
-          is on a GPU when the tables are bf16 and the norms keep their input's dtype; the arithmetic stays fp32
+AVERAGES (comma-separated) are weight averages kept beside the run's own (SWA_LR_BELOW) and scored after training, each
+in float (prequant) and through the artifact's int8 grid (roundtrip; the artifact's compression is lossless): a
+number is an SWA_LR_BELOW (0: the last step's weights), `ema` the exponential average train_gpt.py exported before
+(0.997 a step, applied every 10 steps). Each logs a line `average NAME samples:N prequant_bpb:X roundtrip_bpb:Y`.
 Everything else is train_gpt.py as it stands (its settings from the environment, as for training).
 """
-import math
 import os
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, where train_gpt.py is
 import train_gpt as tg  # noqa: E402
 
-ROWS = set(filter(None, os.environ.get("OLD_ROWS", "").split(",")))
-build_model, build_optimizers, orthogonal = tg.build_model, tg.build_optimizers, torch.nn.init.orthogonal_
+ROWS = set(filter(None, os.environ.get("SWITCH_ROWS", "").split(",")))
+AVERAGES = list(filter(None, os.environ.get("AVERAGES", "").split(",")))
+KNOWN_ROWS = {"ortho", "scales", "dt", "smear", "bigram", "fp32"}
+build_model, build_optimizers, train_model = tg.build_model, tg.build_optimizers, tg.train_model
+ScriptAverage = tg.WeightAverage
 
 
 def build(hp, kernels, device):
-    if "ortho" in ROWS:
-        torch.nn.init.orthogonal_ = lambda w, *args, **kwargs: w
     model = build_model(hp, kernels, device)
-    torch.nn.init.orthogonal_ = orthogonal
     with torch.no_grad():
-        for block in model.blocks:
+        for layer, block in enumerate(model.blocks):
             if "scales" in ROWS:
-                block.mixer_scale.fill_(1.0)
-                block.mlp_scale.fill_(1.0)
+                block.mixer_scale.fill_((layer + 1) ** -0.5)
+                block.mlp_scale.fill_((layer + 1) ** -0.5)
             if "dt" in ROWS:
-                mixer = block.mixer
-                dt = torch.exp(torch.rand(mixer.inner) * (math.log(0.1) - math.log(0.001)) + math.log(0.001)).clamp(min=1e-4)
-                mixer.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # softplus^-1
+                bound = block.mixer.dt_rank ** -0.5  # nn.Linear's default bias
+                block.mixer.dt_proj.bias.uniform_(-bound, bound)
+        if "ortho" in ROWS:
+            for module in model.modules():
+                if isinstance(module, torch.nn.Linear) and module.weight.any():
+                    torch.nn.init.orthogonal_(module.weight)
         if "smear" in ROWS and model.smear is not None:
-            model.smear.gate.fill_(-2.0)
-    if "stream" in ROWS:
-        tg.rms_norm = lambda x: bf16(F.rms_norm(x, (x.size(-1),)))
-        tg.Block.forward = block_in_bf16
-    for module in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
-        if "fp32" in ROWS:
+            model.smear.gate.fill_(-3.0)
+    if "fp32" in ROWS:
+        for module in (m for m in model.modules() if isinstance(m, torch.nn.Embedding)):
             module.float()
-        if "bf16" in ROWS:
-            module.bfloat16()
-    if "bf16" in ROWS:
-        tg.Embedding.forward = lambda self, ids: F.embedding(ids, tg.grid_weight(self)).float()
     return model
-
-
-def bf16(x):
-    return x.bfloat16().float()
-
-
-def block_in_bf16(self, x, x0, block_mask):
-    """Block.forward with each tensor that the GPU would store in bf16 rounded to it."""
-    x = bf16(self.resid_mix[0] * x + self.resid_mix[1] * x0)
-    x = bf16(x + self.mixer_scale * bf16(self.mixer(tg.rms_norm(x), block_mask)))
-    return bf16(x + self.mlp_scale * bf16(self.mlp(tg.rms_norm(x))))
 
 
 def optimizers(hp, model, run):
     opts = build_optimizers(hp, model, run)
     if "bigram" in ROWS and model.bigram is not None:
         groups, table = opts[0].param_groups, model.bigram.table.weight  # Adam's groups: embeddings, scalars[, head]
-        source = 0 if any(p is table for p in groups[0]["params"]) else 1
-        groups[source]["params"] = [p for p in groups[source]["params"] if p is not table]
-        groups[1 - source]["params"].append(table)
+        groups[0]["params"] = [p for p in groups[0]["params"] if p is not table]
+        groups[1]["params"].append(table)
     return opts
 
 
+class ExponentialAverage:
+    """train_gpt.py's export before the warmdown's SWA: decay 0.997 a step, applied every 10 steps."""
+
+    def __init__(self, decay=0.997, every=10):
+        self.decay, self.every, self.samples, self.total = decay, every, 0, None
+
+    @torch.no_grad()
+    def update(self, model, step, lr_multiplier):
+        state = [t.float() for t in model.state_dict().values()]
+        if self.total is None:  # the weights after the first step: close to the initial ones
+            self.total = [t.clone() for t in state]
+        if step % self.every == 0:
+            torch._foreach_lerp_(self.total, state, 1 - self.decay ** self.every)
+            self.samples += 1
+
+    def weights(self, model):
+        return {name: t.to(w.dtype) for (name, w), t in zip(model.state_dict().items(), self.total)}
+
+
+OTHERS = {}  # name: the averages beside the script's own, updated with it
+
+
+class Averages(ScriptAverage):
+    """The script's own weight average, updating the others with it."""
+
+    def __init__(self, lr_below, every):
+        super().__init__(lr_below, every)
+        OTHERS.clear()
+        for name in AVERAGES:
+            OTHERS[name] = ExponentialAverage() if name == "ema" else ScriptAverage(float(name), every)
+
+    def update(self, model, step, lr_multiplier):
+        super().update(model, step, lr_multiplier)
+        for other in OTHERS.values():
+            other.update(model, step, lr_multiplier)
+
+
+def train_and_score_averages(hp, run, model, compiled, data, results):
+    train_model(hp, run, model, compiled, data, results)
+    for name, average in OTHERS.items():
+        weights = average.weights(model)
+        model.load_state_dict(weights)
+        _, prequant = tg.evaluate_bpb(compiled, data, hp, run)
+        model.load_state_dict(tg.dequantize_state_dict(tg.quantize_state_dict(weights, hp.quant_bits)))
+        _, roundtrip = tg.evaluate_bpb(compiled, data, hp, run)
+        run.log(f"average {name} samples:{average.samples} prequant_bpb:{prequant:.5f} roundtrip_bpb:{roundtrip:.5f}")
+
+
 if __name__ == "__main__":
+    unknown = ROWS - KNOWN_ROWS
+    bad = [a for a in AVERAGES if a != "ema" and not (a.replace(".", "", 1).isdigit() and 0 <= float(a) <= 1)]
+    if unknown or bad:
+        sys.exit(f"error: SWITCH_ROWS has unknown rows {sorted(unknown)} (known: {sorted(KNOWN_ROWS)}); "
+                 f"AVERAGES has bad entries {bad} (numbers in 0..1, or ema)")
     tg.build_model, tg.build_optimizers = build, optimizers
+    tg.WeightAverage, tg.train_model = Averages, train_and_score_averages
     sys.exit(tg.main())

@@ -6,7 +6,8 @@ tabulate their scores: use it to decide a recipe choice by measurement, with see
 
 PLAN is a JSON object: "common", settings every run takes, and "runs", a list of objects with
 "name" (a RUN_ID), "env" (its own settings), optionally "script" (another entry point such as
-tools/recipe_rows.py, whose own variables go in "env" too) and "after" (names of runs to wait
+tools/recipe_rows.py, whose own variables go in "env" too) with "args" (its command-line arguments,
+as tools/ttt_sweep.py takes), and "after" (names of runs to wait
 for: an eval-only run that scores another's artifact names it, with ARTIFACT=../NAME/... in its
 env). Each run works in OUT/NAME/ (its log in OUT/NAME/logs/NAME.txt, its console in
 OUT/NAME/console.txt); a run whose results exist already is not run again. --at-once runs that
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCORES = {  # column: (log line, field), in the order a run logs them
-    "ema": ("final_ema_prequant", "val_bpb"),
+    "prequant": ("final_prequant", "val_bpb"),
     "last step": ("final_last_step_prequant", "val_bpb"),
     "roundtrip": ("final_int8_zstd_roundtrip_exact", "val_bpb"),
     "ttt": ("legal_ttt_exact", "val_bpb"),
@@ -82,7 +83,7 @@ def start(spec: dict, plan: dict, out: Path, gpu: str | None) -> subprocess.Pope
         env["CUDA_VISIBLE_DEVICES"] = gpu
     script = ROOT / spec.get("script", "train_gpt.py")
     console = open(folder / "console.txt", "w", encoding="utf-8")
-    return subprocess.Popen([sys.executable, str(script)], cwd=folder, env=env, stdout=console,
+    return subprocess.Popen([sys.executable, str(script), *spec.get("args", [])], cwd=folder, env=env, stdout=console,
                             stderr=subprocess.STDOUT)
 
 
