@@ -169,7 +169,7 @@ class Hyperparameters:
     muon_backend_steps: int = setting(5, COUNT)
     # the exported weights: their mean every SWA_EVERY steps once the learning rate is below this
     # fraction of its peak; 0: the last step's weights
-    swa_lr_below: float = setting(0.2, within(0, 1))
+    swa_lr_below: float = setting(0.0, within(0, 1))
     swa_every: int = setting(10, COUNT)
     # QAT from this fraction of the steps or of the time on; 1: never
     qat_start_frac: float = setting(0.85, within(0, 1))
@@ -185,10 +185,10 @@ class Hyperparameters:
     eval_batch_seqs: int = setting(4, COUNT)
     # seconds of evaluation after which TTT stops adapting
     eval_time_budget: float = setting(560.0, AT_LEAST_0)
-    ttt_enabled: bool = True
-    ttt_lr: float = setting(0.0002, LEARNING_RATE)  # 0.002 diverged to NaN at the record's shape
-    ttt_epochs: int = setting(25, COUNT)
-    ttt_chunk_tokens: int = setting(524288, COUNT)
+    ttt_enabled: bool = False
+    ttt_lr: float = setting(0.0001, LEARNING_RATE)  # 0.002 diverged to NaN at the record's shape
+    ttt_epochs: int = setting(3, COUNT)
+    ttt_chunk_tokens: int = setting(65536, COUNT)
     ttt_batch_seqs: int = setting(4, COUNT)
     ttt_freeze_blocks: int = setting(
         0, within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"))

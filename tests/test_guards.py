@@ -134,7 +134,7 @@ def test_a_score_setting_given_at_rescore_is_used_and_said(tiny_run, dataset, to
     again = run_script(cwd, paths(dataset, tokenizer_path, EVAL_ONLY=1, RUN_ID="other_ttt",
                                   TTT_LR=0.001))
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "eval_only: TTT_LR=0.001 as given, not the run's 0.0002" in again.stdout
+    assert "eval_only: TTT_LR=0.001 as given, not the run's 0.0001" in again.stdout
     roundtrip = "final_int8_zstd_roundtrip_exact"
     assert final_line(again.stdout, roundtrip)["val_bpb"] == final_line(result.stdout, roundtrip)["val_bpb"]
     assert final_line(again.stdout, "legal_ttt_exact")["val_bpb"] != final_line(result.stdout, "legal_ttt_exact")["val_bpb"]

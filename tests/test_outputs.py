@@ -102,11 +102,11 @@ def stop_at(proc, prefix):
 
 
 def test_sigterm_in_evaluation_keeps_the_weights_and_the_final_results(tmp_path, dataset, tokenizer_path):
-    """Also: 4 steps with an EMA updated every 10 is the initial weights, and the run says so."""
-    proc = start(tmp_path, paths(dataset, tokenizer_path, ITERATIONS=4, EMA_EVERY=10, EMA_DECAY=0.997, VAL_LOSS_EVERY=0))
+    """Also: with SWA_LR_BELOW=0 the last step's weights are exported, and the run says so."""
+    proc = start(tmp_path, paths(dataset, tokenizer_path, ITERATIONS=4, SWA_LR_BELOW=0, VAL_LOSS_EVERY=0))
     out, err = stop_at(proc, "ttt:")
     assert proc.returncode == 0, err[-2000:]
-    assert "WARNING: the EMA exported is still mostly the initial weights" in out and "lr_schedule: cosine warmdown" in out
+    assert "swa: exporting the last step's weights" in out and "lr_schedule: cosine warmdown" in out
     line = err.strip().splitlines()[-1]
     assert line.startswith("stopped: SIGTERM after training: the weights are in final_model.int8.ptz"), err[-2000:]
     assert next((tmp_path / "logs").glob("*.txt")).read_text().splitlines()[-1] == line

@@ -476,7 +476,7 @@ def test_folder_readme_needs_the_logged_settings(tmp_path):
 
 def test_script_defaults_of_the_real_script():
     defaults = records.script_defaults(ROOT / "train_gpt.py")
-    assert defaults["num_layers"] == 8 and defaults["ttt_enabled"] == 1
+    assert defaults["num_layers"] == 8 and defaults["ttt_enabled"] == 0
     assert defaults["data_path"] == "./data/datasets/fineweb10B_sp1024"
     assert records.script_defaults(RECORDS) is None  # no Hyperparameters class
 
