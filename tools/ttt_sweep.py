@@ -43,6 +43,16 @@ def windows_in(tokens: int, seq_len: int) -> int:
     return math.ceil((tokens - 1) / seq_len)
 
 
+def projected_seconds(score_s: float, ttt_s: float, tokens: int, chunk: int, seq_len: int) -> float:
+    """FineWeb's evaluation on GPUS GPUs, from this device's scoring time (score_s) and TTT time (ttt_s) for a
+    validation stream of `tokens` tokens: per window, times the windows one rank handles."""
+    score_per_window = score_s / windows_in(tokens, seq_len)
+    ttt_per_window = ttt_s / windows_in(tokens, seq_len)  # scoring and training
+    scoring = score_per_window * math.ceil(windows_in(FINEWEB_VAL_TOKENS, seq_len) / GPUS)
+    chunks = math.ceil((FINEWEB_VAL_TOKENS - 1) / chunk)
+    return scoring + ttt_per_window * chunks * math.ceil(math.ceil(chunk / seq_len) / GPUS)
+
+
 def sweep(configs: list) -> None:
     tg.os.environ.update(EVAL_ONLY="1", TTT_ENABLED="1")  # given: the artifact's own settings yield to them
     hp = tg.Hyperparameters.from_env()
@@ -60,20 +70,16 @@ def sweep(configs: list) -> None:
     model.load_state_dict(weights)
     t0 = run.clock()
     _, roundtrip = tg.evaluate_bpb(compiled, data, hp, run)
-    score_per_window = (run.clock() - t0) / windows_in(n, hp.train_seq_len)
-    run.log(f"ttt_sweep roundtrip val_bpb:{roundtrip:.5f} score_s:{score_per_window * windows_in(n, hp.train_seq_len):.2f}")
+    score_s = run.clock() - t0
+    run.log(f"ttt_sweep roundtrip val_bpb:{roundtrip:.5f} score_s:{score_s:.2f}")
     results = dict(artifact=hp.artifact, device=tg.describe_device(run.device), roundtrip_val_bpb=roundtrip, sweep=[])
-    fineweb_scoring = score_per_window * math.ceil(windows_in(FINEWEB_VAL_TOKENS, hp.train_seq_len) / GPUS)
     for lr, epochs, chunk in configs:
         hp.ttt_lr, hp.ttt_epochs, hp.ttt_chunk_tokens = lr, epochs, chunk
         model.load_state_dict(weights)
         t0 = run.clock()
         _, bpb = tg.evaluate_with_ttt(compiled, data, hp, run, time.perf_counter())
         seconds = run.clock() - t0
-        per_chunk = math.ceil(chunk / hp.train_seq_len)  # windows
-        ttt_per_window = seconds / windows_in(n, hp.train_seq_len)  # scoring and training
-        chunks = math.ceil((FINEWEB_VAL_TOKENS - 1) / chunk)
-        projected = fineweb_scoring + ttt_per_window * chunks * math.ceil(per_chunk / GPUS)
+        projected = projected_seconds(score_s, seconds, n, chunk, hp.train_seq_len)
         run.log(f"ttt_sweep lr:{lr:g} epochs:{epochs} chunk:{chunk} val_bpb:{bpb:.5f} gain:{roundtrip - bpb:.5f} "
                 f"ttt_s:{seconds:.2f} projected_s:{projected:.0f}")
         results["sweep"].append(dict(lr=lr, epochs=epochs, chunk=chunk, val_bpb=bpb, ttt_s=seconds,
