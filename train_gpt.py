@@ -96,6 +96,8 @@ OTHER_VARIABLES = {"OVERWRITE", "RANK", "WORLD_SIZE", "LOCAL_RANK"}
 # the settings' own families: an unknown name that starts so was meant as a setting
 SETTING_PREFIXES = ("TTT_", "HYMBA_", "EVAL_", "MUON_", "ADAM_", "SWA_", "QAT_", "BIGRAM_",
                     "WARMDOWN_", "ZSTD_", "QUANT_")
+# settings of earlier versions, which a command written for them may still set
+RETIRED_SETTINGS = {"EMA_DECAY": "SWA_LR_BELOW", "EMA_EVERY": "SWA_EVERY"}
 
 
 def misspelt_setting(name: str, known: set) -> str | None:
@@ -105,6 +107,9 @@ def misspelt_setting(name: str, known: set) -> str | None:
     upper = name.upper()
     if name in known or name in OTHER_VARIABLES or not re.fullmatch(r"\w+", name):
         return None
+    if upper in RETIRED_SETTINGS:
+        return (f"{name} is not a setting any more: the export is the last step's weights, or with "
+                f"{RETIRED_SETTINGS[upper]} a mean over the warmdown's tail (docs/settings.md)")
     squashed = {setting.replace("_", ""): setting for setting in known}
     guess = squashed.get(upper.replace("_", ""))
     guess = guess or next(iter(difflib.get_close_matches(upper, known, n=1, cutoff=0.85)), None)

@@ -90,6 +90,7 @@ def test_an_artifact_replaced_after_it_was_written_is_not_scored(tmp_path, token
     ("num_layers", "3", "did you mean NUM_LAYERS?"),
     ("TTT_EPOCH", "2", "did you mean TTT_EPOCHS?"),
     ("TTT_STEPS", "2", "the TTT_ settings are TTT_BATCH_SEQS, TTT_CHUNK_TOKENS"),
+    ("EMA_DECAY", "0.99", "any more: the export is the last step's weights, or with SWA_LR_BELOW"),
 ])
 def test_a_misspelt_setting_stops_the_run_naming_the_one_meant(tmp_path, dataset, tokenizer_path,
                                                                name, value, meant):
