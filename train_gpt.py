@@ -1696,7 +1696,8 @@ class WeightAverage:
             return
         state = model.state_dict()
         if not self.samples:
-            self.total = {name: torch.zeros_like(t, dtype=torch.float32) for name, t in state.items()}
+            self.total = {name: torch.zeros_like(t, dtype=torch.float32)
+                          for name, t in state.items()}
             self.first_step = step
         torch._foreach_add_(list(self.total.values()), [t.float() for t in state.values()])
         self.samples += 1
@@ -1732,8 +1733,8 @@ def memory_estimate(hp: Hyperparameters, run: Run, kernels: Kernels) -> dict:
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         params = sum(p.numel() for p in HymbaGPT(hp, kernels).parameters())
     # bytes a parameter: training keeps fp32 weights, gradients, Adam's two moments (Muon's one),
-    # the weight average, and the warm-up's copies of weights and optimizer state; evaluation the weights,
-    # and for TTT their gradients, AdamW's moments and a copy
+    # the weight average, and the warm-up's copies of weights and optimizer state; evaluation the
+    # weights, and for TTT their gradients, AdamW's moments and a copy
     if not hp.eval_only:
         state = 32 * params
     else:
@@ -1980,8 +1981,10 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
                 f"SWA_LR_BELOW={hp.swa_lr_below})")
     if run.device.type == "cuda":
         run.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB")
-    last_step = {name: t.detach().clone() for name, t in model.state_dict().items()}
-    model.load_state_dict(average.weights(model))  # then the weights on disk before any evaluation
+    last_step = None  # kept only where the export is an average
+    if average.samples:
+        last_step = {name: t.detach().clone() for name, t in model.state_dict().items()}
+        model.load_state_dict(average.weights(model))  # on disk before any evaluation
     weights = model.state_dict()
     sizes = export_artifact(hp, run, data, weights, Path(hp.artifact), weights)
     results.update(steps=step, train_time_s=train_ms / 1000, **sizes)
@@ -1991,15 +1994,16 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     if STOP.name:  # it came after the last step
         STOP.handle()
     check_ranks_agree(run, model, "after training")
-    set_qat(model, False)  # score the exported weights in float: the gap to the roundtrip is
-    # quantization's
+    # the exported weights in float: the gap to the roundtrip is quantization's
+    set_qat(model, False)
     loss, bpb = evaluate_bpb(compiled, data, hp, run)
     run.log(f"final_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
     results.update(prequant_val_bpb=bpb)
-    # the last step's weights, not averaged: what the average is to beat (evaluation reads the
-    # artifact)
-    model.load_state_dict(last_step)
-    loss, bpb = evaluate_bpb(compiled, data, hp, run)
+    # the last step's weights, not averaged: what an average is to beat (evaluation reads the
+    # artifact, so the model may hold either)
+    if last_step is not None:
+        model.load_state_dict(last_step)
+        loss, bpb = evaluate_bpb(compiled, data, hp, run)
     run.log(f"final_last_step_prequant val_loss:{loss:.4f} val_bpb:{bpb:.4f}")
     results.update(last_step_val_bpb=bpb)
 

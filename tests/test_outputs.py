@@ -106,6 +106,7 @@ def test_sigterm_in_evaluation_keeps_the_weights_and_the_final_results(tmp_path,
     proc = start(tmp_path, paths(dataset, tokenizer_path, ITERATIONS=4, SWA_LR_BELOW=0, VAL_LOSS_EVERY=0))
     out, err = stop_at(proc, "ttt:")
     assert proc.returncode == 0, err[-2000:]
+    assert final_line(out, "final_prequant") == final_line(out, "final_last_step_prequant")  # scored once
     assert "swa: exporting the last step's weights" in out and "lr_schedule: cosine warmdown" in out
     line = err.strip().splitlines()[-1]
     assert line.startswith("stopped: SIGTERM after training: the weights are in final_model.int8.ptz"), err[-2000:]

@@ -17,6 +17,7 @@ than 8 windows leaves ranks idle) for each of FineWeb's chunks. Communication (o
 """
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,7 @@ def projected_seconds(score_s: float, ttt_s: float, tokens: int, chunk: int, seq
 
 
 def sweep(configs: list) -> None:
-    tg.os.environ.update(EVAL_ONLY="1", TTT_ENABLED="1")  # given: the artifact's own settings yield to them
+    os.environ.update(EVAL_ONLY="1", TTT_ENABLED="1")  # given: the artifact's own settings yield to them
     hp = tg.Hyperparameters.from_env()
     run = tg.setup_run(hp)
     saved = tg.read_artifact(hp.artifact)
