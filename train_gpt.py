@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
 import dataclasses
 import difflib
 import fcntl
@@ -30,8 +31,11 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
+import subprocess
 import sys
+import tempfile
 import time
 import uuid
 import zlib
@@ -198,7 +202,7 @@ class Hyperparameters:
     ttt_freeze_blocks: int = setting(
         0, within(0, lambda hp: hp.num_layers, "NUM_LAYERS={hp.num_layers}"))
     # kernels and entry points
-    scan_backend: str = setting("auto", one_of("auto", "mamba_ssm", "reference"))
+    scan_backend: str = setting("auto", one_of("auto", "fused", "mamba_ssm", "reference"))
     attn_backend: str = setting("auto", one_of("auto", "flash", "flex", "reference"))
     compile: bool = True  # torch.compile on CUDA (never on CPU)
     eval_only: bool = False
@@ -797,6 +801,555 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
     return mamba_scan_forward(u, delta, A.float(), B, C, D.float(), z, delta_bias.float())[0]
 
 
+# A selective scan of this script's own, for Mamba's state of 4 with the silu(z) gate fused: CUDA
+# compiled by nvcc when the kernels are chosen, before any clock (a few seconds, cached by the
+# source's hash). One block walks one (batch, channel) row a chunk at a time; within a chunk every
+# thread scans ITEMS positions in registers, and the threads' runs combine by warp shuffles. A run
+# is the sum of its step sizes (its decay is exp(A * sum) for every state) and the state it adds,
+# so one scan carries all four states. The backward starts each chunk from the state the forward
+# kept, and never reads an ungated output: it recomputes it. Outputs and input gradients are laid
+# out (channel, batch, position), as the matmuls after them read.
+SCAN_CUDA_SOURCE = r"""
+// Mamba's selective scan for a state of 4, gated by silu(z), forward and backward.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cstdint>
+
+#ifndef THREADS
+#define THREADS 128  // a block's threads; the script passes its own
+#endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1  // blocks per SM the backward's registers must leave room for
+#endif
+constexpr int N = 4;  // the state size
+constexpr int ITEMS = 8;  // positions a thread owns: one 16-byte load of bf16
+constexpr int WARPS = THREADS / 32;
+constexpr int CHUNK = THREADS * ITEMS;  // positions a block scans at once
+constexpr unsigned ALL = 0xffffffffu;
+constexpr float LOG2E = 1.4426950408889634f;
+
+// A row of positions of a (batch, channel, position) tensor: positions contiguous.
+struct Rows {
+  void* p;
+  long long batch, channel;  // strides in elements
+};
+
+// A run of positions: the sum of its step sizes (its decay is exp(A * s)) and the state it adds.
+struct Run {
+  float s;
+  float h[N];
+};
+
+// Run a, then run b: a's state decays through b.
+__device__ __forceinline__ Run then(const Run& a, const Run& b, const float* A2) {
+  Run r;
+  r.s = a.s + b.s;
+#pragma unroll
+  for (int n = 0; n < N; ++n) r.h[n] = fmaf(a.h[n], exp2f(A2[n] * b.s), b.h[n]);
+  return r;
+}
+
+__device__ __forceinline__ float bf16_at(const uint4& v, int i) {
+  uint32_t word = (&v.x)[i >> 1];
+  return __uint_as_float((i & 1) ? (word & 0xffff0000u) : (word << 16));
+}
+
+__device__ __forceinline__ uint4 load8(const Rows& r, int b, int d, int t, bool in) {
+  const __nv_bfloat16* p = static_cast<const __nv_bfloat16*>(r.p) + b * r.batch + d * r.channel;
+  return in ? __ldg(reinterpret_cast<const uint4*>(p + t)) : make_uint4(0, 0, 0, 0);
+}
+
+__device__ __forceinline__ void load8(const Rows& r, int b, int d, int t, bool in, float* out) {
+  uint4 v = load8(r, b, d, t, in);
+#pragma unroll
+  for (int i = 0; i < ITEMS; ++i) out[i] = bf16_at(v, i);
+}
+
+__device__ __forceinline__ void store8(const Rows& r, int b, int d, int t, bool in,
+                                       const float* x) {
+  if (!in) return;
+  __nv_bfloat16* p = static_cast<__nv_bfloat16*>(r.p) + b * r.batch + d * r.channel;
+  uint4 v;
+  uint32_t* words = &v.x;
+#pragma unroll
+  for (int k = 0; k < ITEMS / 2; ++k) {
+    __nv_bfloat162 pair = __floats2bfloat162_rn(x[2 * k], x[2 * k + 1]);
+    words[k] = *reinterpret_cast<uint32_t*>(&pair);
+  }
+  *reinterpret_cast<uint4*>(p + t) = v;
+}
+
+// The runs before each thread's, in the order of processing (REVERSE: from the last position),
+// starting from the block's carried state carry_in[]. Returns the thread's starting state; the
+// state after the whole block goes to carry_out[] when it is not null.
+template <bool REVERSE>
+__device__ __forceinline__ Run exclusive_scan(Run inc, const float* A2, float (*totals)[N + 1],
+                                              const float* carry_in, float* carry_out) {
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int rank = REVERSE ? 31 - lane : lane;
+  const int warp_rank = REVERSE ? WARPS - 1 - warp : warp;
+#pragma unroll
+  for (int offset = 1; offset < 32; offset <<= 1) {
+    Run other;
+    other.s = REVERSE ? __shfl_down_sync(ALL, inc.s, offset) : __shfl_up_sync(ALL, inc.s, offset);
+#pragma unroll
+    for (int n = 0; n < N; ++n)
+      other.h[n] = REVERSE ? __shfl_down_sync(ALL, inc.h[n], offset)
+                           : __shfl_up_sync(ALL, inc.h[n], offset);
+    if (rank >= offset) inc = then(other, inc, A2);
+  }
+  Run before;  // the inclusive result of the previous rank in this warp
+  before.s = REVERSE ? __shfl_down_sync(ALL, inc.s, 1) : __shfl_up_sync(ALL, inc.s, 1);
+#pragma unroll
+  for (int n = 0; n < N; ++n)
+    before.h[n] = REVERSE ? __shfl_down_sync(ALL, inc.h[n], 1) : __shfl_up_sync(ALL, inc.h[n], 1);
+  if (rank == 0) {
+    before.s = 0.f;
+#pragma unroll
+    for (int n = 0; n < N; ++n) before.h[n] = 0.f;
+  }
+  if (rank == 31) {
+    totals[warp][0] = inc.s;
+#pragma unroll
+    for (int n = 0; n < N; ++n) totals[warp][1 + n] = inc.h[n];
+  }
+  __syncthreads();
+  Run prefix;
+  prefix.s = 0.f;
+#pragma unroll
+  for (int n = 0; n < N; ++n) prefix.h[n] = carry_in[n];
+#pragma unroll
+  for (int w = 0; w < WARPS - 1; ++w) {
+    if (w < warp_rank) {
+      const int source = REVERSE ? WARPS - 1 - w : w;
+      Run total;
+      total.s = totals[source][0];
+#pragma unroll
+      for (int n = 0; n < N; ++n) total.h[n] = totals[source][1 + n];
+      prefix = then(prefix, total, A2);
+    }
+  }
+  if (carry_out != nullptr && warp_rank == WARPS - 1 && rank == 31) {
+    Run end = then(prefix, inc, A2);
+#pragma unroll
+    for (int n = 0; n < N; ++n) carry_out[n] = end.h[n];
+  }
+  return then(prefix, before, A2);
+}
+
+__device__ __forceinline__ float softplus(float x) { return x > 20.f ? x : log1pf(__expf(x)); }
+
+__device__ __forceinline__ float sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// One block per (channel, batch) row, walking its positions a chunk at a time; states gets
+// each chunk's starting state, which the backward starts from.
+__global__ void __launch_bounds__(THREADS) scan_forward_kernel(
+    Rows u, Rows delta, Rows z, Rows Bm, Rows Cm, const float* A, const float* D,
+    const float* bias, Rows out, float* states, int length, int chunks) {
+  const int d = blockIdx.x;
+  const int b = blockIdx.y;
+  __shared__ float totals[2][WARPS][N + 1];
+  __shared__ float carry[2][N];
+  float A2[N];
+#pragma unroll
+  for (int n = 0; n < N; ++n) A2[n] = A[d * N + n] * LOG2E;
+  const float Dd = D[d];
+  const float bias_d = bias[d];
+  if (threadIdx.x < N) carry[0][threadIdx.x] = 0.f;
+  float* row_states = states + ((long long)b * gridDim.x + d) * chunks * N;
+  for (int c = 0; c < chunks; ++c) {
+    const int t = c * CHUNK + threadIdx.x * ITEMS;
+    const bool in = t < length;
+    float uu[ITEMS], dt[ITEMS], decay[N][ITEMS];
+    uint4 Bv[N], Cv[N];
+    load8(u, b, d, t, in, uu);
+    load8(delta, b, d, t, in, dt);
+#pragma unroll
+    for (int n = 0; n < N; ++n) Bv[n] = load8(Bm, b, n, t, in);
+    Run mine;
+    mine.s = 0.f;
+#pragma unroll
+    for (int n = 0; n < N; ++n) mine.h[n] = 0.f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      dt[i] = in ? softplus(dt[i] + bias_d) : 0.f;
+      mine.s += dt[i];
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        decay[n][i] = exp2f(A2[n] * dt[i]);
+        mine.h[n] = fmaf(decay[n][i], mine.h[n], dt[i] * uu[i] * bf16_at(Bv[n], i));
+      }
+    }
+    const uint4 zv = load8(z, b, d, t, in);
+#pragma unroll
+    for (int n = 0; n < N; ++n) Cv[n] = load8(Cm, b, n, t, in);
+    const int parity = c & 1;
+    Run start = exclusive_scan<false>(mine, A2, totals[parity], carry[parity], carry[parity ^ 1]);
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int n = 0; n < N; ++n) row_states[c * N + n] = start.h[n];
+    }
+    float y[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      float acc = Dd * uu[i];
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        start.h[n] = fmaf(decay[n][i], start.h[n], dt[i] * uu[i] * bf16_at(Bv[n], i));
+        acc = fmaf(bf16_at(Cv[n], i), start.h[n], acc);
+      }
+      const float zz = bf16_at(zv, i);
+      y[i] = acc * zz * sigmoid(zz);
+    }
+    store8(out, b, d, t, in, y);
+  }
+}
+
+__device__ __forceinline__ void add4(float* p, float a, float b, float c, float d) {
+#if __CUDA_ARCH__ >= 900
+  atomicAdd(reinterpret_cast<float4*>(p), make_float4(a, b, c, d));
+#else
+  atomicAdd(p, a);
+  atomicAdd(p + 1, b);
+  atomicAdd(p + 2, c);
+  atomicAdd(p + 3, d);
+#endif
+}
+
+__device__ __forceinline__ float block_sum(float x, float* scratch) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) x += __shfl_xor_sync(ALL, x, offset);
+  __syncthreads();  // scratch may still be read by an earlier call
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = x;
+  __syncthreads();
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < WARPS; ++w) total += scratch[w];
+  return total;
+}
+
+// The chunks from the last: the states within a chunk again from its starting state (forward),
+// then the gradient with respect to the state, h_grad_t = C_t dy_t + exp(dt_{t+1} A) h_grad_{t+1},
+// carried from the chunk after it. dB and dC (shared by all channels) are summed over channels
+// by atomic adds into fp32 rows.
+__global__ void __launch_bounds__(THREADS, MIN_BLOCKS) scan_backward_kernel(
+    Rows u, Rows delta, Rows z, Rows Bm, Rows Cm, const float* A, const float* D,
+    const float* bias, Rows grad, const float* states, Rows du, Rows ddelta, Rows dz,
+    float* dB, float* dC, float* dA, float* dD, float* dbias, int length, int chunks) {
+  const int d = blockIdx.x;
+  const int b = blockIdx.y;
+  __shared__ float totals[2][WARPS][N + 1];
+  __shared__ float h_carry[2][N];
+  __shared__ float q_carry[2][N];
+  __shared__ float scratch[WARPS];
+  float A_d[N], A2[N];
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    A_d[n] = A[d * N + n];
+    A2[n] = A_d[n] * LOG2E;
+  }
+  const float Dd = D[d];
+  const float bias_d = bias[d];
+  const float* row_states = states + ((long long)b * gridDim.x + d) * chunks * N;
+  if (threadIdx.x < N) q_carry[0][threadIdx.x] = 0.f;
+  float dA_sum[N] = {0.f, 0.f, 0.f, 0.f};
+  float dD_sum = 0.f;
+  float dbias_sum = 0.f;
+  for (int k = 0; k < chunks; ++k) {
+    const int c = chunks - 1 - k;
+    const int parity = k & 1;
+    const int t = c * CHUNK + threadIdx.x * ITEMS;
+    const bool in = t < length;
+    float uu[ITEMS], dt[ITEMS], slope[ITEMS], decay[N][ITEMS];
+    uint4 Bv[N], Cv[N];
+    load8(u, b, d, t, in, uu);
+    load8(delta, b, d, t, in, dt);
+#pragma unroll
+    for (int n = 0; n < N; ++n) Bv[n] = load8(Bm, b, n, t, in);
+    if (threadIdx.x < N) h_carry[parity][threadIdx.x] = row_states[c * N + threadIdx.x];
+    Run mine;
+    mine.s = 0.f;
+#pragma unroll
+    for (int n = 0; n < N; ++n) mine.h[n] = 0.f;
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      const float x = dt[i] + bias_d;
+      slope[i] = in ? sigmoid(x) : 0.f;  // softplus'
+      dt[i] = in ? softplus(x) : 0.f;
+      mine.s += dt[i];
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        decay[n][i] = exp2f(A2[n] * dt[i]);
+        mine.h[n] = fmaf(decay[n][i], mine.h[n], dt[i] * uu[i] * bf16_at(Bv[n], i));
+      }
+    }
+    const uint4 zv = load8(z, b, d, t, in);
+    float dy[ITEMS];
+    load8(grad, b, d, t, in, dy);
+#pragma unroll
+    for (int n = 0; n < N; ++n) Cv[n] = load8(Cm, b, n, t, in);
+    Run h = exclusive_scan<false>(mine, A2, totals[0], h_carry[parity], nullptr);
+    // forward again: the state before each position, dz, dy, and dC
+    float h_before[N][ITEMS], z_grad[ITEMS];
+#pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+      float y = Dd * uu[i];
+      const float zz = bf16_at(zv, i);
+      const float gate = sigmoid(zz);
+      const float g = dy[i];
+      dy[i] = g * zz * gate;
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        h_before[n][i] = h.h[n];
+        h.h[n] = fmaf(decay[n][i], h.h[n], dt[i] * uu[i] * bf16_at(Bv[n], i));
+        y = fmaf(bf16_at(Cv[n], i), h.h[n], y);
+      }
+      z_grad[i] = g * y * gate * (1.f + zz * (1.f - gate));
+      dD_sum = fmaf(dy[i], uu[i], dD_sum);
+    }
+    store8(dz, b, d, t, in, z_grad);
+    // dC = dy h_t, with h_t = decay h_before + dt u B
+    if (in) {
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        float v[ITEMS];
+#pragma unroll
+        for (int i = 0; i < ITEMS; ++i)
+          v[i] = dy[i] * fmaf(decay[n][i], h_before[n][i], dt[i] * uu[i] * bf16_at(Bv[n], i));
+        float* row = dC + ((long long)b * N + n) * length + t;
+#pragma unroll
+        for (int i = 0; i < ITEMS; i += 4) add4(row + i, v[i], v[i + 1], v[i + 2], v[i + 3]);
+      }
+    }
+    // backward within the thread from a zero gradient, then across the block and the chunk after
+    mine.s = 0.f;  // the same sum of step sizes
+    float q[N] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int i = ITEMS - 1; i >= 0; --i) {
+      mine.s += dt[i];
+#pragma unroll
+      for (int n = 0; n < N; ++n) q[n] = decay[n][i] * fmaf(bf16_at(Cv[n], i), dy[i], q[n]);
+    }
+#pragma unroll
+    for (int n = 0; n < N; ++n) mine.h[n] = q[n];
+    Run from_right =
+        exclusive_scan<true>(mine, A2, totals[1], q_carry[parity], q_carry[parity ^ 1]);
+    float u_grad[ITEMS], delta_grad[ITEMS], dB_v[N][4];
+#pragma unroll
+    for (int i = ITEMS - 1; i >= 0; --i) {
+      float du_i = Dd * dy[i];
+      float ddt = 0.f;
+#pragma unroll
+      for (int n = 0; n < N; ++n) {
+        const float g = fmaf(bf16_at(Cv[n], i), dy[i], from_right.h[n]);  // the state's gradient
+        const float Bn = bf16_at(Bv[n], i);
+        const float through = g * decay[n][i] * h_before[n][i];
+        du_i = fmaf(dt[i] * Bn, g, du_i);
+        ddt = fmaf(g, Bn * uu[i], ddt);
+        ddt = fmaf(A_d[n], through, ddt);
+        dA_sum[n] = fmaf(dt[i], through, dA_sum[n]);
+        dB_v[n][i & 3] = g * dt[i] * uu[i];
+        from_right.h[n] = decay[n][i] * g;
+      }
+      u_grad[i] = du_i;
+      delta_grad[i] = ddt * slope[i];
+      dbias_sum += delta_grad[i];
+      if ((i & 3) == 0 && in) {  // four positions' dB: one vector add per state
+#pragma unroll
+        for (int n = 0; n < N; ++n)
+          add4(dB + ((long long)b * N + n) * length + t + i, dB_v[n][0], dB_v[n][1], dB_v[n][2],
+               dB_v[n][3]);
+      }
+    }
+    store8(du, b, d, t, in, u_grad);
+    store8(ddelta, b, d, t, in, delta_grad);
+  }
+#pragma unroll
+  for (int n = 0; n < N; ++n) {
+    const float total = block_sum(dA_sum[n], scratch);
+    if (threadIdx.x == 0) atomicAdd(dA + d * N + n, total);
+  }
+  const float dD_total = block_sum(dD_sum, scratch);
+  const float dbias_total = block_sum(dbias_sum, scratch);
+  if (threadIdx.x == 0) {
+    atomicAdd(dD + d, dD_total);
+    atomicAdd(dbias + d, dbias_total);
+  }
+}
+
+extern "C" int scan_forward(int device, cudaStream_t stream, int batch, int channels, int length,
+                            Rows u, Rows delta, Rows z, Rows Bm, Rows Cm, const float* A,
+                            const float* D, const float* bias, Rows out, float* states) {
+  cudaSetDevice(device);  // this library's runtime keeps its own current device
+  const int chunks = (length + CHUNK - 1) / CHUNK;
+  scan_forward_kernel<<<dim3(channels, batch), THREADS, 0, stream>>>(
+      u, delta, z, Bm, Cm, A, D, bias, out, states, length, chunks);
+  return cudaGetLastError();
+}
+
+extern "C" int scan_backward(int device, cudaStream_t stream, int batch, int channels,
+                             int length, Rows u, Rows delta, Rows z, Rows Bm, Rows Cm,
+                             const float* A, const float* D, const float* bias, Rows grad,
+                             const float* states, Rows du, Rows ddelta, Rows dz, float* dB,
+                             float* dC, float* dA, float* dD, float* dbias) {
+  cudaSetDevice(device);
+  const int chunks = (length + CHUNK - 1) / CHUNK;
+  scan_backward_kernel<<<dim3(channels, batch), THREADS, 0, stream>>>(
+      u, delta, z, Bm, Cm, A, D, bias, grad, states, du, ddelta, dz, dB, dC, dA, dD, dbias,
+      length, chunks);
+  return cudaGetLastError();
+}
+"""
+SCAN_THREADS = 128  # a block's threads; ITEMS in the source is 8: a chunk is 1,024 positions
+SCAN_MIN_BLOCKS = 1
+SCAN_CHUNK = SCAN_THREADS * 8
+
+
+class ScanRows(ctypes.Structure):  # Rows in the source: a tensor's pointer and its first strides
+    _fields_ = [("p", ctypes.c_void_p), ("batch", ctypes.c_longlong),
+                ("channel", ctypes.c_longlong)]
+
+
+def scan_rows(t: torch.Tensor) -> ScanRows:
+    if t.data_ptr() % 16:
+        raise RuntimeError("the fused scan reads 16-byte vectors: a tensor is not aligned to 16")
+    return ScanRows(t.data_ptr(), t.stride(0), t.stride(1))
+
+
+def nvcc_path() -> str | None:
+    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    return shutil.which("nvcc") or next(iter(glob.glob(f"{home}/bin/nvcc")), None)
+
+
+def scan_library(device: torch.device) -> ctypes.CDLL:
+    capability = torch.cuda.get_device_capability(device)
+    return fused_scan_library(capability, SCAN_THREADS, SCAN_MIN_BLOCKS)
+
+
+@functools.cache
+def fused_scan_library(capability: tuple[int, int], threads: int, min_blocks: int) -> ctypes.CDLL:
+    """Compiles the kernels for this GPU's architecture once, into the temporary folder (named by
+    the source's hash, so ranks and later runs share it); raises RuntimeError if nvcc fails."""
+    arch = f"sm_{capability[0]}{capability[1]}"
+    flags = ["-O3", f"-arch={arch}", f"-DTHREADS={threads}", f"-DMIN_BLOCKS={min_blocks}",
+             "-shared", "-Xcompiler", "-fPIC"]
+    key = hashlib.sha256((SCAN_CUDA_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
+    folder = Path(tempfile.gettempdir()) / "hymba_kernels"
+    library = folder / f"scan_{key}.so"
+    if not library.exists():
+        nvcc = nvcc_path()
+        if nvcc is None:
+            raise RuntimeError("nvcc is not on PATH or in $CUDA_HOME/bin")
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / f"scan_{key}_{os.getpid()}.cu"
+        source.write_text(SCAN_CUDA_SOURCE)
+        built = source.with_suffix(".so")
+        done = subprocess.run([nvcc, *flags, "-o", str(built), str(source)], capture_output=True,
+                              text=True)
+        source.unlink()
+        if done.returncode != 0:
+            raise RuntimeError(f"nvcc failed: {done.stderr.strip()[-2000:]}")
+        os.replace(built, library)  # whole, even with ranks compiling at once
+    lib = ctypes.CDLL(str(library))
+    rows = [ScanRows] * 5
+    pointer = ctypes.c_void_p
+    head = [ctypes.c_int, pointer, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.scan_forward.argtypes = [*head, *rows, pointer, pointer, pointer, ScanRows, pointer]
+    lib.scan_backward.argtypes = [*head, *rows, pointer, pointer, pointer, ScanRows, pointer,
+                                  ScanRows, ScanRows, ScanRows, *[pointer] * 5]
+    return lib
+
+
+def channel_major_empty(like: torch.Tensor) -> torch.Tensor:
+    """(b, d, l) stored (d, b, l): channel_major_linear's layout."""
+    batch, dim, length = like.shape
+    return like.new_empty((dim, batch, length)).transpose(0, 1)
+
+
+def launch_scan(name: str, u: torch.Tensor, *args) -> None:
+    """The bf16 tensors go as rows of positions, the fp32 ones (contiguous) as pointers."""
+    lib = scan_library(u.device)
+    batch, dim, length = u.shape
+    stream = torch.cuda.current_stream(u.device).cuda_stream
+    args = [scan_rows(a) if a.dtype == torch.bfloat16 else a.data_ptr() for a in args]
+    error = getattr(lib, name)(u.device.index, stream, batch, dim, length, scan_rows(u), *args)
+    if error:
+        raise RuntimeError(f"the fused scan's {name} failed to launch: CUDA error {error}")
+
+
+@torch.library.custom_op("hymba::fused_scan_forward", mutates_args=())
+def fused_scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                       C: torch.Tensor, D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the gated output and every chunk's starting state, which the backward needs."""
+    out, states = scan_outputs(u, A)
+    launch_scan("scan_forward", u, delta, z, B, C, A, D, delta_bias, out, states)
+    return out, states
+
+
+def scan_outputs(u: torch.Tensor, A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    batch, dim, length = u.shape
+    states = u.new_empty((batch, dim, -(-length // SCAN_CHUNK), A.size(1)), dtype=torch.float32)
+    return channel_major_empty(u), states
+
+
+@fused_scan_forward.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias):
+    return scan_outputs(u, A)
+
+
+@torch.library.custom_op("hymba::fused_scan_backward", mutates_args=())
+def fused_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor,
+                        C: torch.Tensor, D: torch.Tensor, z: torch.Tensor, delta_bias: torch.Tensor,
+                        grad: torch.Tensor, states: torch.Tensor) -> list[torch.Tensor]:
+    du, ddelta, dz = (channel_major_empty(u) for _ in range(3))
+    dB, dC = (B.new_zeros(B.shape, dtype=torch.float32) for _ in range(2))  # summed by atomics
+    dA, dD, ddelta_bias = (torch.zeros_like(t) for t in (A, D, delta_bias))
+    launch_scan("scan_backward", u, delta, z, B, C, A, D, delta_bias, grad, states, du, ddelta,
+                dz, dB, dC, dA, dD, ddelta_bias)
+    return [du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias]  # inputs' order
+
+
+@fused_scan_backward.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, grad, states):
+    gradients = [channel_major_empty(u) for _ in range(2)]
+    gradients += [torch.empty_like(A), B.new_empty(B.shape), C.new_empty(C.shape)]
+    return [*gradients, torch.empty_like(D), channel_major_empty(u), torch.empty_like(delta_bias)]
+
+
+def _fused_scan_save(ctx, inputs, output):
+    ctx.save_for_backward(*inputs, output[1])
+
+
+def _fused_scan_grads(ctx, grad, _grad_states):
+    *inputs, states = ctx.saved_tensors
+    return tuple(fused_scan_backward(*inputs, vector_rows(grad), states))
+
+
+fused_scan_forward.register_autograd(_fused_scan_grads, setup_context=_fused_scan_save)
+
+
+def vector_rows(t: torch.Tensor) -> torch.Tensor:
+    """bf16 rows of positions that start on 16 bytes, as the fused scan loads them (lengths a
+    multiple of 8)."""
+    t = t.to(torch.bfloat16)
+    offsets = (t.stride(0), t.stride(1), t.storage_offset())
+    return t if t.stride(-1) == 1 and all(s % 8 == 0 for s in offsets) else t.contiguous()
+
+
+def selective_scan_fused(u, delta, A, B, C, D, z, delta_bias):
+    """From bf16 copies of u, delta, B, C and z (the model's, under autocast), computing in fp32.
+    Lengths that are not a multiple of 8 are padded at the end, which changes no earlier output."""
+    length = u.size(-1)
+    out_dtype = u.dtype
+    pad = -length % 8
+    u, delta, B, C, z = (vector_rows(F.pad(t, (0, pad)) if pad else t) for t in (u, delta, B, C, z))
+    A, D, delta_bias = (t.float().contiguous() for t in (A, D, delta_bias))
+    out = fused_scan_forward(u, delta, A, B, C, D, z, delta_bias)[0]
+    return out[..., :length].to(out_dtype)
+
+
 # FlashAttention-4 (Dao-AILab's kernels in NVIDIA's CuTe DSL: `pip install flash-attn-4`; its
 # backward needs Hopper or newer), 2.7 ms a step faster than FlexAttention on an H200. Its
 # autograd wrapper is opaque to torch.compile too, so its forward and backward are custom
@@ -849,13 +1402,44 @@ def sliding_window_attention_flash(q, k, v, window: int, block_mask=None):
     return flash_attention_forward(q, k, v, window)[0]
 
 
+def _importable(module: str) -> bool:
+    with contextlib.suppress(Exception):
+        return bool(__import__(module))
+    return False
+
+
+def package_needed(module: str):
+    def problem(hp: Hyperparameters, device: torch.device) -> str | None:
+        return None if _importable(module) else f"its package ({module}) does not import"
+    return problem
+
+
+def fused_scan_problem(hp: Hyperparameters, device: torch.device) -> str | None:
+    """Why the fused scan cannot run here (compiling it, the first time), or None."""
+    if hp.hymba_ssm_state != 4:
+        return f"it is written for HYMBA_SSM_STATE=4, not {hp.hymba_ssm_state}"
+    if device.type != "cuda":
+        return "it needs a CUDA GPU"
+    try:
+        scan_library(device)
+    except (RuntimeError, OSError) as error:
+        return str(error).replace("\n", " ")
+    return None
+
+
+def runs_anywhere(hp: Hyperparameters, device: torch.device) -> None:
+    return None
+
+
 KERNEL_CHOICES = {
-    # operation: [(backend name, python module it needs or None, function)], fastest first
-    "scan": [("mamba_ssm", "mamba_ssm", selective_scan_mamba_ssm),
-             ("reference", None, selective_scan_reference)],
-    "attn": [("flash", "flash_attn.cute", sliding_window_attention_flash),
-             ("flex", "torch.nn.attention.flex_attention", sliding_window_attention_flex),
-             ("reference", None, sliding_window_attention_reference)],
+    # operation: [(backend name, why it cannot run here or None, function)], fastest first
+    "scan": [("fused", fused_scan_problem, selective_scan_fused),
+             ("mamba_ssm", package_needed("mamba_ssm"), selective_scan_mamba_ssm),
+             ("reference", runs_anywhere, selective_scan_reference)],
+    "attn": [("flash", package_needed("flash_attn.cute"), sliding_window_attention_flash),
+             ("flex", package_needed("torch.nn.attention.flex_attention"),
+              sliding_window_attention_flex),
+             ("reference", runs_anywhere, sliding_window_attention_reference)],
 }
 
 
@@ -866,16 +1450,11 @@ class Kernels:
     # block_mask(t, window, device): FlexAttention's mask of the window; None for the others
     block_mask: callable
     names: dict
-
-
-def _importable(module: str | None) -> bool:
-    with contextlib.suppress(Exception):
-        return module is None or bool(__import__(module))
-    return False
+    passed_over: list = dataclasses.field(default_factory=list)  # "name: why", for the log
 
 
 def _runs_here(name: str, device: torch.device) -> bool:
-    """Whether 'auto' may take a backend: CUDA ones only on a GPU, FlashAttention-4 only on Hopper
+    """Whether 'auto' may try a backend: CUDA ones only on a GPU, FlashAttention-4 only on Hopper
     or newer."""
     if name == "reference":
         return True
@@ -885,28 +1464,28 @@ def _runs_here(name: str, device: torch.device) -> bool:
 
 
 def select_kernels(hp: Hyperparameters, device: torch.device) -> Kernels:
-    """'auto' takes the fastest backend that imports and runs here; a named one must import."""
+    """'auto' takes the fastest backend that runs here; a named one must run."""
     chosen = {}
     names = {}
+    passed_over = []
     for op, requested in (("scan", hp.scan_backend), ("attn", hp.attn_backend)):
-        options = KERNEL_CHOICES[op]  # the names: Hyperparameters' scan_backend and attn_backend
-        for name, module, fn in options:
-            if requested == "auto" and not _runs_here(name, device):
+        for name, problem, fn in KERNEL_CHOICES[op]:  # the names: scan_backend's, attn_backend's
+            if requested != name and not (requested == "auto" and _runs_here(name, device)):
                 continue
-            if requested in ("auto", name) and _importable(module):
+            why = problem(hp, device)
+            if why is None:
                 chosen[op] = fn
                 names[op] = name
                 break
-        else:
-            package = next(m for n, m, _ in options if n == requested)
-            raise ConfigError(f"{op.upper()}_BACKEND={requested}: its package ({package}) does not "
-                              "import")
+            if requested != "auto":
+                raise ConfigError(f"{op.upper()}_BACKEND={requested}: {why}")
+            passed_over.append(f"{op}:{name}: {why}")
     if names["attn"] == "flex":
         block_mask = flex_sliding_window_mask
     else:
         def block_mask(t, window, device):
             return None
-    return Kernels(chosen["scan"], chosen["attn"], block_mask, names)
+    return Kernels(chosen["scan"], chosen["attn"], block_mask, names, passed_over)
 
 
 # -----------------------------------------------------------------------------
@@ -2067,6 +2646,8 @@ def main() -> int:
         saved = read_artifact(hp.artifact) if hp.eval_only else None
         kernels = validate_setup(hp, run, saved)
         run.log("kernels: " + " ".join(f"{op}:{name}" for op, name in kernels.names.items()))
+        for line in kernels.passed_over:
+            run.log(f"kernels: passed over {line}")
         data = load_data(hp, run)
         model = build_model(hp, kernels, run.device)
         compiled = maybe_compile(model, hp, run.device)  # one wrapper for training and evaluation

@@ -80,6 +80,69 @@ def test_mamba_ssm_scan_takes_slices():
         assert err < 1e-3, f"{name}: relative error {err:.3g}"  # not 0: dB and dC are summed with atomics
 
 
+def scan_inputs(length, dev="cuda"):
+    torch.manual_seed(0)
+    return dict(u=torch.randn(B, INNER, length, device=dev, dtype=torch.bfloat16),
+                delta=torch.randn(B, INNER, length, device=dev, dtype=torch.bfloat16) * 0.5 - 2,
+                A=-torch.rand(INNER, N, device=dev) * 4 - 0.1,
+                B=torch.randn(B, N, length, device=dev, dtype=torch.bfloat16),
+                C=torch.randn(B, N, length, device=dev, dtype=torch.bfloat16),
+                D=torch.randn(INNER, device=dev), z=torch.randn(B, INNER, length, device=dev, dtype=torch.bfloat16),
+                delta_bias=torch.rand(INNER, device=dev) * -3)
+
+
+def fused_scan_runs():
+    problem = tg.fused_scan_problem(tg.Hyperparameters(), torch.device("cuda")) if torch.cuda.is_available() else ""
+    return pytest.mark.skipif(problem is not None, reason=f"the fused scan does not run here: {problem}")
+
+
+@cuda
+@fused_scan_runs()
+@pytest.mark.parametrize("length", [T, 3 * 1024 + 8, 1000, 37])  # whole chunks, a partial one, padded to 8
+def test_fused_scan_matches_reference(length):
+    compare(tg.selective_scan_fused, tg.selective_scan_reference, scan_inputs(length), "fused scan")
+
+
+@cuda
+@fused_scan_runs()
+def test_fused_scan_operators():
+    """The operators' declared outputs (shapes, dtypes, strides) against the kernels', and their autograd."""
+    args = tuple(v.contiguous().requires_grad_(v.is_floating_point()) for v in scan_inputs(T).values())
+    torch.library.opcheck(tg.fused_scan_forward, args,
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    out, states = tg.fused_scan_forward(*args)
+    grad = torch.randn_like(out)
+    torch.library.opcheck(tg.fused_scan_backward, (*[a.detach() for a in args], grad, states),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@cuda
+@fused_scan_runs()
+@needs("mamba_ssm")
+def test_fused_scan_matches_mamba_ssm():
+    compare(tg.selective_scan_fused, tg.selective_scan_mamba_ssm, scan_inputs(T), "fused scan against mamba-ssm")
+
+
+@cuda
+@fused_scan_runs()
+def test_fused_scan_takes_slices_of_channel_major_tensors():
+    """As the model passes them: u, delta, z, B and C as (b, d, l) views of (d, b, l) storage, z, B, C slices."""
+    inputs = scan_inputs(T)
+    results = []
+    for sliced in (True, False):
+        leaves = {k: v.detach().clone().requires_grad_(v.is_floating_point()) for k, v in inputs.items()}
+        xz = torch.cat((leaves["u"], leaves["z"]), 1).transpose(0, 1).contiguous().transpose(0, 1)
+        bc = torch.cat((leaves["B"], leaves["C"]), 1).transpose(0, 1).contiguous().transpose(0, 1)
+        args = dict(leaves, u=xz[:, :INNER], z=xz[:, INNER:], B=bc[:, :N], C=bc[:, N:])
+        if not sliced:
+            args = {k: v.contiguous() for k, v in args.items()}
+        out = tg.selective_scan_fused(**args)
+        results.append((out, *torch.autograd.grad(out.float().sin().sum(), list(leaves.values()))))
+    for name, a, b in zip(["output", *inputs], *results):
+        err = (a.float() - b.float()).norm() / b.float().norm()
+        assert err < 1e-3, f"{name}: relative error {err:.3g}"  # not 0: dB and dC are summed with atomics
+
+
 @cuda
 def test_compiled_causal_conv1d_matches_eager():
     torch.manual_seed(0)

@@ -704,3 +704,23 @@ def test_records_tool_reads_the_real_log(tiny_run, tmp_path):
     assert summary["val_bpb"] == pytest.approx(float(ttt["val_bpb"]), abs=1e-7)
     assert (folder / "train_gpt.py").read_bytes() == (ROOT / "train_gpt.py").read_bytes()
     assert (folder / "final_model_seed7.int8.ptz").read_bytes() == (cwd / "final_model.int8.ptz").read_bytes()
+
+
+@pytest.mark.skipif(tg.nvcc_path() is None, reason="nvcc is not installed")
+def test_fused_scan_source_compiles(tmp_path, monkeypatch):
+    """The CUDA source as the script compiles it on a GPU machine (here for Hopper, sm_90), with both entry points."""
+    monkeypatch.setattr(tg.tempfile, "tempdir", str(tmp_path))
+    library = tg.fused_scan_library.__wrapped__((9, 0), tg.SCAN_THREADS, tg.SCAN_MIN_BLOCKS)
+    assert library.scan_forward and library.scan_backward
+    assert [p.suffix for p in (tmp_path / "hymba_kernels").iterdir()] == [".so"]  # the source and build removed
+
+
+def test_named_fused_scan_says_why_it_cannot_run():
+    for settings, reason in ((dict(), "it needs a CUDA GPU"),
+                             (dict(hymba_ssm_state=8), "it is written for HYMBA_SSM_STATE=4, not 8")):
+        hp = tg.Hyperparameters(scan_backend="fused", **settings)
+        with pytest.raises(tg.ConfigError, match=f"^SCAN_BACKEND=fused: {reason}$"):
+            tg.select_kernels(hp, torch.device("cpu"))
+    # 'auto' passes over it on CPU without trying it
+    kernels = tg.select_kernels(tg.Hyperparameters(), torch.device("cpu"))
+    assert kernels.names == {"scan": "reference", "attn": "reference"} and kernels.passed_over == []

@@ -121,7 +121,7 @@ def flops_per_token(hp: tg.Hyperparameters, model: tg.HymbaGPT) -> float:
 
 
 KERNEL_GROUPS = [  # (group, substrings of CUDA kernel names), first match wins
-    ("selective scan (mamba-ssm)", ("selective_scan",)),
+    ("selective scan (fused or mamba-ssm)", ("selective_scan", "scan_forward", "scan_backward")),
     ("attention (flex / flash)", ("flex", "flash", "fmha", "attention")),
     ("matmul", ("gemm", "nvjet", "cutlass", "sm90_xmma", "matmul", "_mm_")),
     ("compiled fused element-wise / reductions", ("triton_",)),
