@@ -624,9 +624,9 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
 # -----------------------------------------------------------------------------
 # Kernels
 #
-# Two operations have fast CUDA kernels: the selective scan (from the mamba-ssm package) and
-# sliding-window attention (FlashAttention-4 where the flash-attn-4 package is installed, else
-# PyTorch's FlexAttention). Each also has a pure-PyTorch reference here, which is what runs on CPU,
+# Two operations have fast CUDA kernels: the selective scan (from the mamba-ssm package, or this
+# script's own, compiled at start-up) and sliding-window attention (FlashAttention-4 where the
+# flash-attn-4 package is installed, else PyTorch's FlexAttention). Each also has a pure-PyTorch reference here, which is what runs on CPU,
 # what the tests check against, and what SCAN_BACKEND / ATTN_BACKEND=reference forces.
 # -----------------------------------------------------------------------------
 
@@ -803,11 +803,12 @@ def selective_scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias):
 
 # A selective scan of this script's own, for Mamba's state of 4 with the silu(z) gate fused: CUDA
 # compiled by nvcc when the kernels are chosen, before any clock (a few seconds, cached by the
-# source's hash). One block walks one (batch, channel) row a chunk at a time; within a chunk every
+# source's hash). As in mamba-ssm's kernels (Gu and Dao), one block walks one (batch, channel) row
+# a chunk at a time, keeping each chunk's starting state for the backward; within a chunk every
 # thread scans ITEMS positions in registers, and the threads' runs combine by warp shuffles. A run
 # is the sum of its step sizes (its decay is exp(A * sum) for every state) and the state it adds,
-# so one scan carries all four states. The backward starts each chunk from the state the forward
-# kept, and never reads an ungated output: it recomputes it. Outputs and input gradients are laid
+# so one scan carries all four states. The backward never reads an ungated output: it recomputes
+# it. dB and dC are summed over channels by atomic adds. Outputs and input gradients are laid
 # out (channel, batch, position), as the matmuls after them read.
 SCAN_CUDA_SOURCE = r"""
 // Mamba's selective scan for a state of 4, gated by silu(z), forward and backward.
@@ -1432,9 +1433,11 @@ def runs_anywhere(hp: Hyperparameters, device: torch.device) -> None:
 
 
 KERNEL_CHOICES = {
-    # operation: [(backend name, why it cannot run here or None, function)], fastest first
-    "scan": [("fused", fused_scan_problem, selective_scan_fused),
-             ("mamba_ssm", package_needed("mamba_ssm"), selective_scan_mamba_ssm),
+    # operation: [(backend name, why it cannot run here or None, function)], in the order 'auto'
+    # tries them: the fastest measured first. The fused scan's kernels time as mamba-ssm's do
+    # (docs/performance.md), so it is the fast path where mamba-ssm is not installed.
+    "scan": [("mamba_ssm", package_needed("mamba_ssm"), selective_scan_mamba_ssm),
+             ("fused", fused_scan_problem, selective_scan_fused),
              ("reference", runs_anywhere, selective_scan_reference)],
     "attn": [("flash", package_needed("flash_attn.cute"), sliding_window_attention_flash),
              ("flex", package_needed("torch.nn.attention.flex_attention"),
