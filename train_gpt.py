@@ -626,8 +626,9 @@ def load_data(hp: Hyperparameters, run: Run) -> Data:
 #
 # Two operations have fast CUDA kernels: the selective scan (from the mamba-ssm package, or this
 # script's own, compiled at start-up) and sliding-window attention (FlashAttention-4 where the
-# flash-attn-4 package is installed, else PyTorch's FlexAttention). Each also has a pure-PyTorch reference here, which is what runs on CPU,
-# what the tests check against, and what SCAN_BACKEND / ATTN_BACKEND=reference forces.
+# flash-attn-4 package is installed, else PyTorch's FlexAttention). Each also has a pure-PyTorch
+# reference here, which is what runs on CPU, what the tests check against, and what
+# SCAN_BACKEND / ATTN_BACKEND=reference forces.
 # -----------------------------------------------------------------------------
 
 
