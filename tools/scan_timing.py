@@ -2,7 +2,7 @@
 one layer's shape on a GPU, and its error against the reference in fp32 at a shorter length.
 
     python3 tools/scan_timing.py                          # fused and mamba-ssm (where installed)
-    python3 tools/scan_timing.py --fused-variants 128:3 256:1   # the fused scan's THREADS:MIN_BLOCKS
+    python3 tools/scan_timing.py --fused-variants 128:3 256:1  # the fused scan's THREADS:MIN_BLOCKS
 
 Inputs are laid out as the model passes them: u and delta (b, d, l) views of (d, b, l) storage, z a
 slice of the xz projection, B and C slices of the x projection. Times are the median of CUDA-event
