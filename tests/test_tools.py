@@ -1,5 +1,5 @@
 """The tools' own logic on CPU: benchmark.py's arithmetic (its timings need a GPU), side_by_side.py's
-table, small_split.py's split, ttt_sweep.py's projection and scores, recipe_rows.py's rows and averages."""
+table, small_split.py's split, ttt_sweep.py's projection and scores, recipe_rows.py's rows and averages, scan_timing.py's inputs."""
 import pytest
 
 import benchmark
@@ -149,3 +149,16 @@ def test_recipe_rows_scores_other_averages_as_the_script_scores_its_own(dataset,
     bad = subprocess.run([sys.executable, str(ROOT / "tools/recipe_rows.py")], cwd=tmp_path,
                          env={**env, "SWITCH_ROWS": "orth"}, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown rows ['orth']" in bad.stderr
+
+
+def test_scan_timing_builds_the_models_layout():
+    """scan_timing.py's inputs are as the model passes them to the scan: u and z slices of one (d, b, l) tensor, B and
+    C slices of another, delta a (b, d, l) view of (d, b, l) storage (its timings need a GPU)."""
+    import scan_timing
+    inputs = scan_timing.model_layout_inputs(batch=2, dim=16, state=4, length=64, device="cpu")
+    assert inputs["u"].shape == inputs["z"].shape == inputs["delta"].shape == (2, 16, 64)
+    assert inputs["B"].shape == inputs["C"].shape == (2, 4, 64)
+    assert inputs["u"].stride() == inputs["z"].stride() == inputs["delta"].stride() == (64, 2 * 64, 1)
+    assert inputs["z"].storage_offset() == 16 * 2 * 64
+    assert inputs["B"].storage_offset() == 32 * 2 * 64 and inputs["C"].storage_offset() == 36 * 2 * 64
+    assert inputs["A"].shape == (16, 4) and bool((inputs["A"] < 0).all())

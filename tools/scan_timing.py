@@ -10,7 +10,6 @@ timings of the kernels' calls, after warm-up.
 """
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -18,36 +17,24 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_gpt as tg  # noqa: E402
+from benchmark import median_ms  # noqa: E402  (this folder is on the path)
 
 
-def model_layout_inputs(batch: int, dim: int, state: int, length: int) -> dict:
-    gen = torch.Generator("cuda").manual_seed(0)
+def model_layout_inputs(batch: int, dim: int, state: int, length: int, device: str = "cuda"
+                        ) -> dict:
+    gen = torch.Generator(device).manual_seed(0)
 
     def channel_major(rows):
-        x = torch.randn(rows, batch, length, device="cuda", generator=gen, dtype=torch.bfloat16)
+        x = torch.randn(rows, batch, length, device=device, generator=gen, dtype=torch.bfloat16)
         return x.transpose(0, 1)
 
     xz = channel_major(2 * dim)
     projected = channel_major(32 + 2 * state)
     delta = (channel_major(dim).float() * 0.5 - 2).bfloat16()
-    return dict(u=xz[:, :dim], delta=delta, A=-torch.rand(dim, state, device="cuda") * 4 - 0.1,
+    return dict(u=xz[:, :dim], delta=delta, A=-torch.rand(dim, state, device=device) * 4 - 0.1,
                 B=projected[:, 32:32 + state], C=projected[:, 32 + state:],
-                D=torch.randn(dim, device="cuda"), z=xz[:, dim:],
-                delta_bias=torch.rand(dim, device="cuda") * -3)
-
-
-def time_ms(fn, warmup: int = 3, iters: int = 20) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+                D=torch.randn(dim, device=device), z=xz[:, dim:],
+                delta_bias=torch.rand(dim, device=device) * -3)
 
 
 def leaves(inputs: dict) -> dict:
@@ -98,8 +85,8 @@ def main() -> None:
             threads, min_blocks = (int(x) for x in variant.split(":"))
             tg.SCAN_THREADS, tg.SCAN_MIN_BLOCKS, tg.SCAN_CHUNK = threads, min_blocks, threads * 8
         with torch.no_grad():
-            forward = time_ms(lambda: scan(**timed))
-        both = time_ms(lambda: forward_backward(scan, timed))
+            forward = median_ms(lambda: scan(**timed), warmup=3, iters=20)
+        both = median_ms(lambda: forward_backward(scan, timed), warmup=3, iters=20)
         errors = relative_errors(scan, checked)
         print(f"| {name} | {forward:.3f} | {both:.3f} | {errors} |", flush=True)
 
