@@ -1422,8 +1422,13 @@ def fused_scan_problem(hp: Hyperparameters, device: torch.device) -> str | None:
         return f"it is written for HYMBA_SSM_STATE=4, not {hp.hymba_ssm_state}"
     if device.type != "cuda":
         return "it needs a CUDA GPU"
-    try:
+    try:  # compiles it, then runs it once on 8 positions: a driver too old for nvcc fails here
         scan_library(device)
+        x = torch.ones((1, 1, 8), device=device, dtype=torch.bfloat16)
+        bc = torch.ones((1, 4, 8), device=device, dtype=torch.bfloat16)
+        one = torch.ones(1, device=device)
+        selective_scan_fused(x, x, -torch.ones((1, 4), device=device), bc, bc, one, x, one)
+        torch.cuda.synchronize(device)
     except (RuntimeError, OSError) as error:
         return str(error).replace("\n", " ")
     return None

@@ -92,8 +92,16 @@ def scan_inputs(length, dev="cuda"):
 
 
 def fused_scan_runs():
-    problem = tg.fused_scan_problem(tg.Hyperparameters(), torch.device("cuda")) if torch.cuda.is_available() else ""
-    return pytest.mark.skipif(problem is not None, reason=f"the fused scan does not run here: {problem}")
+    """Skips without nvcc; with it, test_fused_scan_runs_here fails if the scan does not compile and run."""
+    return pytest.mark.skipif(tg.nvcc_path() is None, reason="nvcc is not installed")
+
+
+@cuda
+@fused_scan_runs()
+def test_fused_scan_runs_here():
+    assert tg.fused_scan_problem(tg.Hyperparameters(), torch.device("cuda")) is None
+    kernels = tg.select_kernels(tg.Hyperparameters(scan_backend="fused"), torch.device("cuda"))
+    assert kernels.scan is tg.selective_scan_fused
 
 
 @cuda
