@@ -820,9 +820,6 @@ SCAN_CUDA_SOURCE = r"""
 #ifndef THREADS
 #define THREADS 128  // a block's threads; the script passes its own
 #endif
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1  // blocks per SM the backward's registers must leave room for
-#endif
 constexpr int N = 4;  // the state size
 constexpr int ITEMS = 8;  // positions a thread owns: one 16-byte load of bf16
 constexpr int WARPS = THREADS / 32;
@@ -1034,8 +1031,9 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) {
 // The chunks from the last: the states within a chunk again from its starting state (forward),
 // then the gradient with respect to the state, h_grad_t = C_t dy_t + exp(dt_{t+1} A) h_grad_{t+1},
 // carried from the chunk after it. dB and dC (shared by all channels) are summed over channels
-// by atomic adds into fp32 rows.
-__global__ void __launch_bounds__(THREADS, MIN_BLOCKS) scan_backward_kernel(
+// by atomic adds into fp32 rows. Its registers: as many as one block an SM allows (250); held
+// to 168 for three blocks an SM, it was no faster.
+__global__ void __launch_bounds__(THREADS, 1) scan_backward_kernel(
     Rows u, Rows delta, Rows z, Rows Bm, Rows Cm, const float* A, const float* D,
     const float* bias, Rows grad, const float* states, Rows du, Rows ddelta, Rows dz,
     float* dB, float* dC, float* dA, float* dD, float* dbias, int length, int chunks) {
@@ -1204,7 +1202,6 @@ extern "C" int scan_backward(int device, cudaStream_t stream, int batch, int cha
 }
 """
 SCAN_THREADS = 128  # a block's threads; ITEMS in the source is 8: a chunk is 1,024 positions
-SCAN_MIN_BLOCKS = 1
 SCAN_CHUNK = SCAN_THREADS * 8
 
 
@@ -1220,22 +1217,21 @@ def scan_rows(t: torch.Tensor) -> ScanRows:
 
 
 def nvcc_path() -> str | None:
-    home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
-    return shutil.which("nvcc") or next(iter(glob.glob(f"{home}/bin/nvcc")), None)
+    beside_cuda = Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "nvcc"
+    return shutil.which("nvcc") or (str(beside_cuda) if beside_cuda.is_file() else None)
 
 
 def scan_library(device: torch.device) -> ctypes.CDLL:
     capability = torch.cuda.get_device_capability(device)
-    return fused_scan_library(capability, SCAN_THREADS, SCAN_MIN_BLOCKS)
+    return fused_scan_library(capability, SCAN_THREADS)
 
 
 @functools.cache
-def fused_scan_library(capability: tuple[int, int], threads: int, min_blocks: int) -> ctypes.CDLL:
+def fused_scan_library(capability: tuple[int, int], threads: int) -> ctypes.CDLL:
     """Compiles the kernels for this GPU's architecture once, into the temporary folder (named by
     the source's hash, so ranks and later runs share it); raises RuntimeError if nvcc fails."""
     arch = f"sm_{capability[0]}{capability[1]}"
-    flags = ["-O3", f"-arch={arch}", f"-DTHREADS={threads}", f"-DMIN_BLOCKS={min_blocks}",
-             "-shared", "-Xcompiler", "-fPIC"]
+    flags = ["-O3", f"-arch={arch}", f"-DTHREADS={threads}", "-shared", "-Xcompiler", "-fPIC"]
     key = hashlib.sha256((SCAN_CUDA_SOURCE + " ".join(flags)).encode()).hexdigest()[:16]
     folder = Path(tempfile.gettempdir()) / "hymba_kernels"
     library = folder / f"scan_{key}.so"

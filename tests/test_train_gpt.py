@@ -710,7 +710,7 @@ def test_records_tool_reads_the_real_log(tiny_run, tmp_path):
 def test_fused_scan_source_compiles(tmp_path, monkeypatch):
     """The CUDA source as the script compiles it on a GPU machine (here for Hopper, sm_90), with both entry points."""
     monkeypatch.setattr(tg.tempfile, "tempdir", str(tmp_path))
-    library = tg.fused_scan_library.__wrapped__((9, 0), tg.SCAN_THREADS, tg.SCAN_MIN_BLOCKS)
+    library = tg.fused_scan_library.__wrapped__((9, 0), tg.SCAN_THREADS)
     assert library.scan_forward and library.scan_backward
     assert [p.suffix for p in (tmp_path / "hymba_kernels").iterdir()] == [".so"]  # the source and build removed
 

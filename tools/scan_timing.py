@@ -2,7 +2,7 @@
 one layer's shape on a GPU, and its error against the reference in fp32 at a shorter length.
 
     python3 tools/scan_timing.py                          # fused and mamba-ssm (where installed)
-    python3 tools/scan_timing.py --fused-variants 128:3 256:1  # the fused scan's THREADS:MIN_BLOCKS
+    python3 tools/scan_timing.py --fused-threads 256 64  # the fused scan with other block sizes
 
 Inputs are laid out as the model passes them: u and delta (b, d, l) views of (d, b, l) storage, z a
 slice of the xz projection, B and C slices of the x projection. Times are the median of CUDA-event
@@ -66,13 +66,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--error-length", type=int, default=4096)
-    parser.add_argument("--fused-variants", nargs="*", default=[],
-                        help="THREADS:MIN_BLOCKS settings of the fused scan, beside the script's")
+    parser.add_argument("--fused-threads", nargs="*", type=int, default=[],
+                        help="the fused scan's threads a block, beside the script's")
     args = parser.parse_args()
     timed = leaves(model_layout_inputs(args.batch, args.dim, 4, args.length))
     checked = model_layout_inputs(args.batch, args.dim, 4, args.error_length)
     backends = []
-    for variant in [f"{tg.SCAN_THREADS}:{tg.SCAN_MIN_BLOCKS}", *args.fused_variants]:
+    for variant in [tg.SCAN_THREADS, *args.fused_threads]:
         backends.append((f"fused {variant}", tg.selective_scan_fused, variant))
     if tg._importable("mamba_ssm"):
         backends.append(("mamba_ssm", tg.selective_scan_mamba_ssm, None))
@@ -82,8 +82,7 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, scan, variant in backends:
         if variant is not None:
-            threads, min_blocks = (int(x) for x in variant.split(":"))
-            tg.SCAN_THREADS, tg.SCAN_MIN_BLOCKS, tg.SCAN_CHUNK = threads, min_blocks, threads * 8
+            tg.SCAN_THREADS, tg.SCAN_CHUNK = variant, variant * 8
         with torch.no_grad():
             forward = median_ms(lambda: scan(**timed), warmup=3, iters=20)
         both = median_ms(lambda: forward_backward(scan, timed), warmup=3, iters=20)
