@@ -1764,6 +1764,12 @@ def build_model(hp: Hyperparameters, kernels: Kernels, device: torch.device) -> 
     return model
 
 
+def compiled_graphs() -> int:
+    """Graphs torch.compile has made in this process so far. The warm-up compiles every shape
+    before the clocks start, so the count must not rise inside them: the log says if it does."""
+    return torch._dynamo.utils.counters["stats"]["unique_graphs"]
+
+
 def maybe_compile(module, hp: Hyperparameters, device: torch.device):
     if not (hp.compile and device.type == "cuda"):
         return module
@@ -2183,6 +2189,7 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT
     """Score the artifact's weights, read into the warmed-up model: roundtrip, then score-first
     TTT, into `results`."""
     eval_start = time.perf_counter()
+    graphs_before = compiled_graphs()
     blob = Path(hp.artifact).read_bytes()
     written = run.from_rank0(results.get("artifact_sha256"))
     if run.any_rank(hashlib.sha256(blob).hexdigest() != written):
@@ -2200,7 +2207,10 @@ def evaluate_artifact(hp: Hyperparameters, run: Run, data: Data, model: HymbaGPT
         ttt_ms = (time.perf_counter() - t0) * 1000
         run.log(f"legal_ttt_exact val_loss:{loss:.8f} val_bpb:{bpb:.8f} eval_time:{ttt_ms:.0f}ms")
         check_ranks_agree(run, model, "after TTT")
-    results.update(val_loss=loss, val_bpb=bpb, eval_time_s=time.perf_counter() - eval_start)
+    compiles = compiled_graphs() - graphs_before
+    run.log(f"evaluation done: compiled_in_clock:{compiles}")
+    results.update(val_loss=loss, val_bpb=bpb, eval_time_s=time.perf_counter() - eval_start,
+                   eval_compiles=compiles)
 
 
 # -----------------------------------------------------------------------------
@@ -2483,6 +2493,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
     # every rank has warmed up (ranks compile the evaluation shapes of their own share)
     run.all_reduce(torch.zeros((), device=run.device))
     t0 = run.clock()
+    graphs_before = compiled_graphs()
     schedule = (f"lr_schedule: {hp.warmdown_shape} warmdown from step "
                 f"{max(hp.iterations - hp.warmdown_iters, 0)}")
     if hp.max_wallclock_seconds > 0:
@@ -2555,8 +2566,9 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
                     f"step:{step}/{hp.iterations}")
             break
     train_ms += (run.clock() - t0) * 1000
+    compiles = compiled_graphs() - graphs_before
     run.log(f"training done: step:{step} train_time:{train_ms:.0f}ms "
-            f"step_avg:{train_ms / max(step, 1):.2f}ms")
+            f"step_avg:{train_ms / max(step, 1):.2f}ms compiled_in_clock:{compiles}")
     if average.samples:
         run.log(f"swa: exporting the mean of {average.samples} weights from step "
                 f"{average.first_step} on (SWA_LR_BELOW={hp.swa_lr_below})")
@@ -2571,7 +2583,7 @@ def train_model(hp: Hyperparameters, run: Run, model: HymbaGPT, compiled, data: 
         model.load_state_dict(average.weights(model))  # on disk before any evaluation
     weights = model.state_dict()
     sizes = export_artifact(hp, run, data, weights, Path(hp.artifact), weights)
-    results.update(steps=step, train_time_s=train_ms / 1000, **sizes)
+    results.update(steps=step, train_time_s=train_ms / 1000, train_compiles=compiles, **sizes)
     STOP.leaves = (f"after training: the weights are in {hp.artifact} and "
                    f"{raw_weights_path(hp.artifact)}, results so far in {run.summary_path}")
     STOP.deferred = False

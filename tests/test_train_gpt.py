@@ -51,6 +51,22 @@ def test_bytes_total_is_script_plus_artifact(tiny_run):
     assert summary["prequant_val_bpb"] == pytest.approx(exported, abs=1e-4) and exported != last
     assert "swa: exporting the mean of 2 weights from step 10 on" in result.stdout
     assert summary["last_step_val_bpb"] == pytest.approx(last, abs=1e-4)
+    # nothing compiled inside either clock (on CPU nothing compiles at all; on a GPU the warm-up
+    # compiles every shape first)
+    assert summary["train_compiles"] == 0 and summary["eval_compiles"] == 0
+    assert final_line(result.stdout, "training done:")["compiled_in_clock"] == "0"
+    assert final_line(result.stdout, "evaluation done:")["compiled_in_clock"] == "0"
+
+
+def test_compiled_graphs_counts_each_graph_torch_compile_makes():
+    """The log's compiled_in_clock is this count's rise: a shape not seen before is a new graph."""
+    double = torch.compile(lambda x: x.sin() * 2, dynamic=False, backend="eager")
+    before = tg.compiled_graphs()
+    double(torch.randn(3))
+    double(torch.randn(3))
+    assert tg.compiled_graphs() == before + 1
+    double(torch.randn(4))
+    assert tg.compiled_graphs() == before + 2
 
 
 def test_training_lowers_the_loss(tiny_run):
