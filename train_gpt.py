@@ -1282,6 +1282,7 @@ def fused_scan_forward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns the gated output and every chunk's starting state, which the backward needs."""
     out, states = scan_outputs(u, A)
+    u, delta, B, C, z = (vector_rows(t) for t in (u, delta, B, C, z))
     launch_scan("scan_forward", u, delta, z, B, C, A, D, delta_bias, out, states)
     return out, states
 
@@ -1304,6 +1305,7 @@ def fused_scan_backward(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B
     du, ddelta, dz = (channel_major_empty(u) for _ in range(3))
     dB, dC = (B.new_zeros(B.shape, dtype=torch.float32) for _ in range(2))  # summed by atomics
     dA, dD, ddelta_bias = (torch.zeros_like(t) for t in (A, D, delta_bias))
+    u, delta, B, C, z, grad = (vector_rows(t) for t in (u, delta, B, C, z, grad))
     launch_scan("scan_backward", u, delta, z, B, C, A, D, delta_bias, grad, states, du, ddelta,
                 dz, dB, dC, dA, dD, ddelta_bias)
     return [du, ddelta, dA, dB.to(B.dtype), dC.to(C.dtype), dD, dz, ddelta_bias]  # inputs' order
@@ -1322,16 +1324,16 @@ def _fused_scan_save(ctx, inputs, output):
 
 def _fused_scan_grads(ctx, grad, _grad_states):
     *inputs, states = ctx.saved_tensors
-    return tuple(fused_scan_backward(*inputs, vector_rows(grad), states))
+    return tuple(fused_scan_backward(*inputs, grad.to(torch.bfloat16), states))
 
 
 fused_scan_forward.register_autograd(_fused_scan_grads, setup_context=_fused_scan_save)
 
 
 def vector_rows(t: torch.Tensor) -> torch.Tensor:
-    """bf16 rows of positions that start on 16 bytes, as the fused scan loads them (lengths a
-    multiple of 8)."""
-    t = t.to(torch.bfloat16)
+    """Rows of positions that start on 16 bytes, as the fused scan loads them (lengths a multiple
+    of 8). Called inside the operators, where tensors are real: torch.compile cannot trace
+    storage_offset, and a graph break at every layer's scan would run its glue eagerly."""
     offsets = (t.stride(0), t.stride(1), t.storage_offset())
     return t if t.stride(-1) == 1 and all(s % 8 == 0 for s in offsets) else t.contiguous()
 
@@ -1342,7 +1344,8 @@ def selective_scan_fused(u, delta, A, B, C, D, z, delta_bias):
     length = u.size(-1)
     out_dtype = u.dtype
     pad = -length % 8
-    u, delta, B, C, z = (vector_rows(F.pad(t, (0, pad)) if pad else t) for t in (u, delta, B, C, z))
+    u, delta, B, C, z = ((F.pad(t, (0, pad)) if pad else t).to(torch.bfloat16)
+                         for t in (u, delta, B, C, z))
     A, D, delta_bias = (t.float().contiguous() for t in (A, D, delta_bias))
     out = fused_scan_forward(u, delta, A, B, C, D, z, delta_bias)[0]
     return out[..., :length].to(out_dtype)
