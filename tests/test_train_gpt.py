@@ -742,14 +742,15 @@ def test_named_fused_scan_says_why_it_cannot_run():
     assert kernels.names == {"scan": "reference", "attn": "reference"} and kernels.passed_over == []
 
 
-@pytest.mark.parametrize("scan", ["mamba_ssm", "fused"])
-def test_compiled_model_has_no_graph_break_at_a_kernel_scan(scan):
-    """torch.compile traces a kernel scan's glue into one graph with its neighbours; a break (the
-    fused scan's once, at storage_offset) would run the glue eagerly at every layer. Traced on the
-    meta device, where the operators' fake kernels stand in for the GPU's."""
+@pytest.mark.parametrize("op, backend", [("scan", "mamba_ssm"), ("scan", "fused"), ("attn", "flash")])
+def test_compiled_model_has_no_graph_break_at_a_kernel(op, backend):
+    """torch.compile traces a kernel's glue into one graph with its neighbours; a break (the fused
+    scan's once, at storage_offset) would run the glue eagerly at every layer. Traced on the meta
+    device, where the operators' fake kernels stand in for the GPU's."""
     hp = tiny_hp()
-    kernels = dataclasses.replace(reference_kernels(), scan=next(
-        fn for name, _, fn in tg.KERNEL_CHOICES["scan"] if name == scan))
+    fn = next(fn for name, _, fn in tg.KERNEL_CHOICES[op] if name == backend)
+    # the reference scan cannot trace on meta (its autocast needs a real device): the fused one
+    kernels = dataclasses.replace(reference_kernels(), **{"scan": tg.selective_scan_fused, op: fn})
     with torch.device("meta"):
         model = tg.HymbaGPT(hp, kernels)
         x = torch.randint(0, hp.vocab_size, (2, hp.train_seq_len))
